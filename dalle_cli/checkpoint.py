@@ -1,0 +1,113 @@
+"""Read one component of a model folder in the diffusers hub layout into one of our modules.
+
+A component folder holds `config.json` and its weights as `*.safetensors`, or as shards listed by a
+`*.safetensors.index.json`. The module is built on the `meta` device, and each tensor is then read straight to the
+requested device and dtype and assigned in place, so an fp16 load never holds a full fp32 copy.
+
+Parameter names follow the checkpoint keys, so loading is strict. The one table of exceptions is `IGNORED_KEYS`
+below: tensors that older library versions saved but that our modules compute instead.
+"""
+
+import json
+import re
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from .errors import CheckpointError
+
+M = TypeVar("M", bound=nn.Module)
+
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+
+# Keys that older transformers releases saved as persistent buffers (e.g. CLIP's `position_ids`). Our modules
+# derive them on the fly, so they are dropped on load. This is the only rename table in dalle.
+IGNORED_KEYS = re.compile(r"(^|\.)position_ids$")
+
+
+def weight_files(folder: Path, component: str) -> list[Path]:
+    """The safetensors files of a component folder, following a shard index when there is one."""
+    if not folder.is_dir():
+        raise CheckpointError(f"{component}: component folder {folder} is missing")
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    if indexes:
+        try:
+            shards = sorted(set(json.loads(indexes[0].read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{component}: unreadable shard index {indexes[0].name}: {e}") from None
+        files = [folder / s for s in shards]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{component}: shard {missing[0]} listed in {indexes[0].name} is missing")
+        return files
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{component}: {folder} has only pickle weights ({', '.join(pickles)}); dalle loads safetensors only, "
+            "because pickle files can run arbitrary code"
+        )
+    raise CheckpointError(f"{component}: no *.safetensors weights in {folder}")
+
+
+def read_state_dict(
+    folder: Path, component: str, dtype: torch.dtype, device: torch.device | str
+) -> dict[str, torch.Tensor]:
+    """All tensors of a component, floating ones cast to `dtype`, each read directly onto `device`."""
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(folder, component):
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                for key in f.keys():
+                    if IGNORED_KEYS.search(key):
+                        continue
+                    tensor = f.get_tensor(key)
+                    state[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        except CheckpointError:
+            raise
+        except Exception as e:  # safetensors raises its own error types, and OSError for I/O
+            raise CheckpointError(f"{component}: {path.name} is not a readable safetensors file ({e})") from None
+    return state
+
+
+def _check_keys(module: nn.Module, state: dict[str, torch.Tensor], component: str) -> None:
+    expected = {k: v.shape for k, v in module.state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})")
+        raise CheckpointError(f"{component}: checkpoint keys do not match the config: {'; '.join(parts)}")
+    for key, shape in expected.items():
+        if state[key].shape != shape:
+            raise CheckpointError(
+                f"{component}: tensor {key} has shape {tuple(state[key].shape)} in the checkpoint "
+                f"but {tuple(shape)} from the config"
+            )
+
+
+def load_weights(
+    build: Callable[[], M], folder: Path, component: str, dtype: torch.dtype, device: torch.device | str
+) -> M:
+    """Build a module with `build()` on the meta device and fill it from the component folder's weights.
+
+    Returns the module in eval mode with gradients off, on `device`. Raises `CheckpointError` naming the component
+    and the first offending tensors when keys or shapes disagree with the module the config describes.
+    """
+    with torch.device("meta"):
+        module = build()
+    state = read_state_dict(folder, component, dtype, device)
+    _check_keys(module, state, component)
+    module.load_state_dict(state, strict=True, assign=True)
+    leftover = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if leftover:
+        raise CheckpointError(f"{component}: tensors not filled from the checkpoint: {', '.join(leftover[:3])}")
+    return module.eval().requires_grad_(False)

@@ -1,0 +1,1 @@
+"""Noise schedules and samplers as pure functions over tensors and denoiser callables. Never imports models."""

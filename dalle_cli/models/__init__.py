@@ -1,0 +1,1 @@
+"""The networks of an unCLIP model, one file each. Parameter names follow the hub checkpoints' keys."""
