@@ -56,15 +56,20 @@ def weight_files(folder: Path, component: str) -> list[Path]:
 
 
 def read_state_dict(
-    folder: Path, component: str, dtype: torch.dtype, device: torch.device | str
+    folder: Path, component: str, dtype: torch.dtype, device: torch.device | str,
+    prefixes: tuple[str, ...] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All tensors of a component, floating ones cast to `dtype`, each read directly onto `device`."""
+    """The tensors of a component, floating ones cast to `dtype`, each read directly onto `device`.
+
+    With `prefixes`, only keys that start with one of them are read: a file that holds several networks (openai's
+    CLIP checkpoints hold both towers) serves one of them without reading the others.
+    """
     state: dict[str, torch.Tensor] = {}
     for path in weight_files(folder, component):
         try:
             with safe_open(str(path), framework="pt", device=str(device)) as f:
                 for key in f.keys():
-                    if IGNORED_KEYS.search(key):
+                    if IGNORED_KEYS.search(key) or (prefixes is not None and not key.startswith(prefixes)):
                         continue
                     tensor = f.get_tensor(key)
                     state[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
@@ -95,16 +100,18 @@ def _check_keys(module: nn.Module, state: dict[str, torch.Tensor], component: st
 
 
 def load_weights(
-    build: Callable[[], M], folder: Path, component: str, dtype: torch.dtype, device: torch.device | str
+    build: Callable[[], M], folder: Path, component: str, dtype: torch.dtype, device: torch.device | str,
+    prefixes: tuple[str, ...] | None = None,
 ) -> M:
     """Build a module with `build()` on the meta device and fill it from the component folder's weights.
 
-    Returns the module in eval mode with gradients off, on `device`. Raises `CheckpointError` naming the component
+    `prefixes` selects part of a multi-network file (see `read_state_dict`). Returns the module in eval mode with
+    gradients off, on `device`. Raises `CheckpointError` naming the component
     and the first offending tensors when keys or shapes disagree with the module the config describes.
     """
     with torch.device("meta"):
         module = build()
-    state = read_state_dict(folder, component, dtype, device)
+    state = read_state_dict(folder, component, dtype, device, prefixes)
     _check_keys(module, state, component)
     module.load_state_dict(state, strict=True, assign=True)
     leftover = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]

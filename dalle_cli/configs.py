@@ -38,6 +38,10 @@ def from_config(cls: type[T], raw: Mapping[str, Any]) -> T:
         if value is None and not _allows_none(hints[field.name]):
             continue
         values[field.name] = tuple(value) if isinstance(value, list) else value
+    required = [f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING  # type: ignore[arg-type]
+                and f.default_factory is dataclasses.MISSING and f.name not in values]
+    if required:
+        raise ConfigError(f"{cls.__name__}: the config has no value for required key {required[0]!r}")
     return cls(**values)
 
 
