@@ -1,0 +1,106 @@
+"""Load every component of an unCLIP model folder (the diffusers hub layout) into our modules.
+
+`model_index.json` names the components. Karlo's text-to-image repo has a prior; the image-variations repos have an
+image encoder instead. The image encoder can also come from a separate folder (for example openai's CLIP ViT-L/14
+repo, whose single `model.safetensors` holds both towers; see `dalle_cli.models.clip_vision`).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_weights
+from ..configs import from_config, read_json
+from ..diffusion.schedule import SchedulerConfig
+from ..errors import CheckpointError
+from ..images import PreprocessConfig
+from ..models.clip_text import CLIPTextConfig, CLIPTextEncoder
+from ..models.clip_vision import CLIPVisionEncoder, load_vision_encoder
+from ..models.prior import PriorConfig, PriorTransformer
+from ..models.text_proj import TextProjConfig, TextProjection
+from ..models.unet import UNet, UNetConfig
+from ..tokenizer import Tokenizer
+
+REQUIRED = ("tokenizer", "text_encoder", "text_proj", "decoder", "super_res_first", "super_res_last",
+            "decoder_scheduler", "super_res_scheduler")
+
+
+@dataclass
+class Components:
+    """The loaded networks of one model, plus the sampling configs that drive them."""
+
+    tokenizer: Tokenizer
+    text_encoder: CLIPTextEncoder
+    text_proj: TextProjection
+    decoder: UNet
+    super_res_first: UNet
+    super_res_last: UNet
+    decoder_scheduler: SchedulerConfig
+    super_res_scheduler: SchedulerConfig
+    prior: PriorTransformer | None = None
+    prior_scheduler: SchedulerConfig | None = None
+    image_encoder: CLIPVisionEncoder | None = None
+    preprocess: PreprocessConfig | None = None
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Every network held, for moving them between devices."""
+        found = [self.text_encoder, self.text_proj, self.decoder, self.super_res_first, self.super_res_last,
+                 self.prior, self.image_encoder]
+        return [m for m in found if m is not None]
+
+
+def _scheduler(folder: Path) -> SchedulerConfig:
+    return from_config(SchedulerConfig, read_json(folder / "scheduler_config.json"))
+
+
+def _model(folder: Path, name: str, config_cls: type, module_cls: type, dtype: torch.dtype,
+           device: torch.device) -> torch.nn.Module:
+    config = from_config(config_cls, read_json(folder / name / "config.json"))
+    return load_weights(lambda: module_cls(config), folder / name, name, dtype, device)
+
+
+def _image_encoder_folders(folder: Path, image_encoder: Path | None) -> tuple[Path, Path] | None:
+    """(weights folder, preprocessor folder) of the image encoder, or None when the model has none."""
+    if image_encoder is not None:
+        return image_encoder, image_encoder
+    if (folder / "image_encoder").is_dir():
+        return folder / "image_encoder", folder / "feature_extractor"
+    return None
+
+
+def load_components(folder: Path, dtype: torch.dtype, device: torch.device,
+                    image_encoder: Path | None = None) -> Components:
+    """Load the model in `folder` onto `device` in `dtype`.
+
+    Raises `CheckpointError` for a folder that is not an unCLIP model, a missing component, or weights that do not
+    fit their config. The prior is loaded when the model has one; the image encoder when the model folder has one or
+    `image_encoder` names a folder holding one.
+    """
+    index = read_json(folder / "model_index.json")
+    missing = [name for name in REQUIRED if name not in index or not (folder / name).is_dir()]
+    if missing:
+        raise CheckpointError(f"{folder}: component '{missing[0]}' is missing (no folder {missing[0]}/ or no "
+                              "model_index.json entry)")
+    has_prior = "prior" in index
+    if has_prior and not (folder / "prior").is_dir():
+        raise CheckpointError(f"{folder}: component 'prior' is missing (no folder prior/)")
+    parts = Components(
+        tokenizer=Tokenizer.from_folder(folder / "tokenizer"),
+        text_encoder=_model(folder, "text_encoder", CLIPTextConfig, CLIPTextEncoder, dtype, device),
+        text_proj=_model(folder, "text_proj", TextProjConfig, TextProjection, dtype, device),
+        decoder=_model(folder, "decoder", UNetConfig, UNet, dtype, device),
+        super_res_first=_model(folder, "super_res_first", UNetConfig, UNet, dtype, device),
+        super_res_last=_model(folder, "super_res_last", UNetConfig, UNet, dtype, device),
+        decoder_scheduler=_scheduler(folder / "decoder_scheduler"),
+        super_res_scheduler=_scheduler(folder / "super_res_scheduler"),
+    )
+    if has_prior:
+        parts.prior = _model(folder, "prior", PriorConfig, PriorTransformer, dtype, device)
+        parts.prior_scheduler = _scheduler(folder / "prior_scheduler")
+    encoder_folders = _image_encoder_folders(folder, image_encoder)
+    if encoder_folders is not None:
+        weights, processor = encoder_folders
+        parts.image_encoder = load_vision_encoder(weights, dtype, device)
+        parts.preprocess = from_config(PreprocessConfig, read_json(processor / "preprocessor_config.json"))
+    return parts

@@ -1,0 +1,21 @@
+"""Shared fixtures: one tiny Karlo checkpoint per test session, built with the reference libraries."""
+
+from pathlib import Path
+
+import pytest
+
+from tiny_karlo import build_reference, make_tiny_karlo
+
+
+@pytest.fixture(scope="session")
+def tiny_reference():
+    """(UnCLIPPipeline, CLIPVisionModelWithProjection, CLIPImageProcessor): the reference objects, seeded."""
+    return build_reference(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_karlo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Karlo-layout model folder (plus image_encoder/ and feature_extractor/), same weights as
+    `tiny_reference`."""
+    return make_tiny_karlo(tmp_path_factory.mktemp("models") / "tiny-karlo", seed=0)
+
