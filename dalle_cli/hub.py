@@ -1,0 +1,271 @@
+"""Find a model's files on disk, downloading them from the Hugging Face Hub when needed.
+
+A model spec is a registry alias (`karlo`), a local folder or a hub id `owner/name[@revision]`, tried in that order
+(write `./karlo` for a folder named like an alias). Downloads go through huggingface_hub into its standard cache, so
+`HF_HOME`, `HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_HUB_OFFLINE` and `HF_TOKEN` work as everywhere else. Only the files a
+registry entry lists are fetched (for other hub ids: JSON configs, tokenizer merges and `*.safetensors`), never pickle
+twins. The total size is announced before the first byte, and huggingface_hub resumes a dropped transfer with a Range
+request. Every failure becomes a one-line `DalleError`. Importing this module does not import torch.
+"""
+
+import errno
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx2
+from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    IncompleteSnapshotError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.file_download import repo_folder_name
+from huggingface_hub.utils import filter_repo_objects
+
+from .errors import CheckpointError, DownloadError, ModelNotFoundError
+from .pipelines.api import ModelInfo, Settings
+from .registry import FORBIDDEN_SUFFIXES, PICKLE_SUFFIXES, Entry, format_size, load_registry
+
+Notice = Callable[[str], None]
+HUB_ID = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(@(?P<revision>[\w./-]+))?")
+DEFAULT_FILES = ("*.json", "*merges.txt", "*.safetensors")  # for hub ids outside the registry
+NEVER = tuple(f"*{suffix}" for suffix in FORBIDDEN_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model on local disk: its folder in the diffusers hub layout (model_index.json and component folders), the
+    folder of a separate image encoder when one is downloaded (config.json, *.safetensors, preprocessor_config.json),
+    where it came from, and its default settings."""
+
+    folder: Path
+    image_encoder: Path | None
+    info: ModelInfo
+    defaults: Settings
+
+
+@dataclass(frozen=True)
+class Source:
+    """One hub repo to fetch: `files` are the paths or fnmatch patterns wanted. With `strict`, every pattern must match
+    a file of the repo (registry entries); `size_bytes` is the registry's figure, for messages while offline."""
+
+    name: str
+    repo_id: str
+    revision: str
+    files: tuple[str, ...]
+    size_bytes: int | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class Status:
+    """What a registry entry has on disk: `state` is "downloaded", "partial" or "missing"; `size` in bytes."""
+
+    state: str
+    size: int
+    folder: Path | None
+
+
+def cache_dir() -> Path:
+    """huggingface_hub's cache folder, as HF_HOME / HF_HUB_CACHE set it."""
+    return Path(constants.HF_HUB_CACHE)
+
+
+def is_offline(offline: bool = False) -> bool:
+    """Offline when asked to, or when HF_HUB_OFFLINE is set."""
+    return offline or constants.is_offline_mode()
+
+
+def source_of(entry: Entry) -> Source:
+    """The hub repo of a registry entry with a `repo_id`."""
+    assert entry.repo_id is not None and entry.revision is not None
+    return Source(entry.alias, entry.repo_id, entry.revision, entry.files, entry.size_bytes, strict=True)
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes of the files under `folder`, following the cache's symlinks to their blobs."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+
+
+@contextmanager
+def _hub_errors(source: Source) -> Iterator[None]:
+    """Turn huggingface_hub and network failures into one-line `DalleError`s naming the model."""
+    where = f"{source.repo_id}@{source.revision}"
+    try:
+        yield
+    except GatedRepoError:
+        raise DownloadError(f"{source.repo_id} is gated: accept its terms at {constants.ENDPOINT}/{source.repo_id} and "
+                            "set HF_TOKEN to a token of that account") from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"unknown model {source.name!r}: {constants.ENDPOINT} has no repo {source.repo_id} "
+                                 "(set HF_TOKEN if it is private)") from None
+    except RevisionNotFoundError:
+        raise ModelNotFoundError(f"{source.repo_id} has no revision {source.revision!r}") from None
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else "an error"
+        hint = ": set HF_TOKEN to a token with access" if status in (401, 403) else ""
+        raise DownloadError(f"the Hub answered {status} for {where}{hint}") from None
+    except IncompleteSnapshotError:
+        raise DownloadError(f"{source.name} is only partly downloaded and the Hub cannot be reached: "
+                            f"run `dalle pull {source.name}` when online") from None
+    except (LocalEntryNotFoundError, OSError) as e:
+        if getattr(e, "errno", None) == errno.ENOSPC:
+            raise DownloadError(f"the disk is full: {source.name} did not fit in {cache_dir()}") from None
+        if isinstance(e, LocalEntryNotFoundError):
+            raise DownloadError(f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} to download {where}; "
+                                "check the connection (or set HF_ENDPOINT)") from None
+        raise DownloadError(f"downloading {where} failed: {str(e).splitlines()[0]}") from None
+    except httpx2.TransportError as e:  # connection refused or dropped, timeouts (after huggingface_hub's retries)
+        raise DownloadError(f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else 'no answer'}); check the connection, or use "
+                            "--offline with a model you have pulled") from None
+
+
+def cached(source: Source) -> Status:
+    """Whether `source` is complete in the cache, checked against the file listing huggingface_hub keeps with each
+    download. No network access."""
+    try:
+        folder = Path(snapshot_download(source.repo_id, revision=source.revision, allow_patterns=list(source.files),
+                                        ignore_patterns=list(NEVER), local_files_only=True))
+    except IncompleteSnapshotError as e:
+        partial = Path(e.snapshot_path) if getattr(e, "snapshot_path", None) else None
+        return Status("partial", folder_size(partial) if partial else 0, None)
+    except (LocalEntryNotFoundError, OSError):
+        return Status("missing", 0, None)
+    return Status("downloaded", folder_size(folder), folder)
+
+
+def _plan(source: Source) -> tuple[str, dict[str, int]]:
+    """The commit the revision points at and the {path: size} of the files to fetch, from the Hub's listing.
+
+    Raises `CheckpointError` when a strict source misses a listed file, or when a component folder has only pickle
+    weights (which dalle would not fetch, leaving the model unloadable)."""
+    info = HfApi().model_info(source.repo_id, revision=source.revision, files_metadata=True)
+    sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
+    wanted = set(filter_repo_objects(sizes, allow_patterns=list(source.files), ignore_patterns=list(NEVER)))
+    where = f"{source.repo_id}@{source.revision}"
+    if source.strict:
+        absent = [pattern for pattern in source.files if not list(filter_repo_objects(sizes, allow_patterns=pattern))]
+        if absent:
+            raise CheckpointError(f"{where} has no {absent[0]}, which the registry entry {source.name!r} lists")
+    pickled = {os.path.dirname(f) for f in sizes if f.lower().endswith(PICKLE_SUFFIXES)}
+    safe = {os.path.dirname(f) for f in wanted if f.endswith(".safetensors")}
+    if pickled - safe:
+        folder = sorted(pickled - safe)[0] or "the repo root"
+        raise CheckpointError(f"{where} has only pickle weights in {folder} (no .safetensors); dalle loads safetensors "
+                              "only, so pick a revision that has them")
+    return str(info.sha), {f: sizes[f] for f in sorted(wanted)}
+
+
+def _free_space(folder: Path) -> int:
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def fetch(source: Source, *, offline: bool, on_notice: Notice | None = None, why: str = "") -> Path:
+    """The local snapshot folder of `source`, downloading what is missing first (announced through `on_notice` with
+    its size). Raises `DownloadError` when offline and not downloaded, or when the download fails."""
+    notify = on_notice or (lambda message: None)
+    status = cached(source)
+    if status.state == "downloaded" and status.folder is not None:
+        return status.folder
+    if is_offline(offline):
+        state = "only partly downloaded" if status.state == "partial" else "not downloaded"
+        needs = f": it needs {format_size(source.size_bytes)}" if source.size_bytes else ""
+        raise DownloadError(f"{source.name} is {state} and dalle is offline{needs}; run `dalle pull {source.name}` "
+                            "with a network connection first")
+    with _hub_errors(source):
+        commit, files = _plan(source)
+        have = cache_dir() / repo_folder_name(repo_id=source.repo_id, repo_type="model") / "snapshots" / commit
+        missing = {f: size for f, size in files.items() if not (have / f).is_file()}
+        total, left = sum(files.values()), sum(missing.values())
+        done = f", {format_size(total - left)} already here" if left < total else ""
+        notify(f"downloading {source.name}{why}: {format_size(left)} in {len(missing)} files from "
+               f"{source.repo_id}@{commit[:7]}{done}, into {cache_dir()}")
+        if left > _free_space(cache_dir()):
+            raise DownloadError(f"not enough disk space for {source.name}: it needs {format_size(left)}, and "
+                                f"{cache_dir()} has {format_size(_free_space(cache_dir()))} free")
+        folder = snapshot_download(source.repo_id, revision=source.revision, allow_patterns=list(source.files),
+                                   ignore_patterns=list(NEVER))
+    return Path(folder)
+
+
+def _local(folder: Path, name: str, defaults: Settings) -> ResolvedModel:
+    if not (folder / "model_index.json").is_file():
+        raise ModelNotFoundError(f"{folder} is not a model folder (it has no model_index.json)")
+    return ResolvedModel(folder, None, ModelInfo(name=name, path=str(folder.resolve())), defaults)
+
+
+def _encoder(entry: Entry, download: bool, offline: bool, on_notice: Notice | None, why: str) -> Path | None:
+    """The folder of an image-encoder entry: fetched when `download`, else only if it is complete on disk."""
+    if entry.path is not None:
+        return entry.path if entry.path.is_dir() else None
+    if download:
+        return fetch(source_of(entry), offline=offline, on_notice=on_notice, why=why)
+    return cached(source_of(entry)).folder
+
+
+def prepare(spec: str, *, offline: bool = False, on_notice: Notice | None = None, image_encoder: bool = False,
+            why: str = "", encoders: bool = False) -> ResolvedModel:
+    """Resolve `spec` to local files, downloading the model (and, with `image_encoder`, the separate image encoder its
+    registry entry names) when missing. Raises `ModelNotFoundError` for a spec that is no alias, folder or hub id,
+    and for an image-encoder alias unless `encoders` (as for `dalle pull`)."""
+    registry = load_registry()
+    entry = registry.get(spec)
+    if entry is None:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            return _local(path, path.resolve().name, Settings())
+        match = HUB_ID.fullmatch(spec)
+        if match is None:
+            known = ", ".join(alias for alias, e in registry.items() if e.kind == "unclip")
+            raise ModelNotFoundError(f"unknown model {spec!r}: not a registry alias ({known}), a hub id owner/name"
+                                     "[@revision] or a local folder")
+        source = Source(spec, match["repo"], match["revision"] or "main", DEFAULT_FILES)
+        folder = fetch(source, offline=offline, on_notice=on_notice, why=why)
+        return ResolvedModel(folder, None, ModelInfo(spec, source.repo_id, folder.name, str(folder)), Settings())
+    if entry.path is not None:
+        if not entry.path.is_dir():
+            raise ModelNotFoundError(f"model {spec!r} is not in this checkout: {entry.path} does not exist")
+        return _local(entry.path, spec, entry.defaults)
+    if entry.kind == "image_encoder" and not encoders:
+        users = [alias for alias, e in registry.items() if e.image_encoder == spec]
+        raise ModelNotFoundError(f"{spec} is the image encoder of {', '.join(users) or 'no model'}, not a model to "
+                                 "run by itself")
+    folder = fetch(source_of(entry), offline=offline, on_notice=on_notice, why=why)
+    encoder_entry = registry[entry.image_encoder] if entry.image_encoder else None
+    encoder = _encoder(encoder_entry, image_encoder, offline, on_notice, why) if encoder_entry else None
+    extras = {}
+    if encoder is not None and encoder_entry is not None:
+        extras["image_encoder"] = f"{encoder_entry.repo_id}@{encoder.name}" if encoder_entry.repo_id else str(encoder)
+    info = ModelInfo(spec, repo_id=entry.repo_id, revision=folder.name, path=str(folder), extras=extras)
+    return ResolvedModel(folder, encoder, info, entry.defaults)
+
+
+def resolve(spec: str, *, offline: bool = False, on_notice: Notice | None = None) -> ResolvedModel:
+    """The model `spec` names, on local disk, downloading it on first use (with a notice saying so and its size).
+
+    The image encoder of a registry model is included when it is already downloaded (`dalle vary` fetches it first
+    through `prepare`). Raises `ModelNotFoundError` (exit 2) for an unknown spec and `DownloadError` for failures.
+    """
+    return prepare(spec, offline=offline, on_notice=on_notice, why=" on first use")
+
+
+def status(entry: Entry) -> Status:
+    """What a registry entry has on disk, without network access."""
+    if entry.path is not None:
+        present = entry.path.is_dir()
+        return Status("downloaded" if present else "missing", folder_size(entry.path) if present else 0,
+                      entry.path if present else None)
+    return cached(source_of(entry))
