@@ -10,8 +10,9 @@ below: tensors that older library versions saved but that our modules compute in
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -26,6 +27,25 @@ PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 # Keys that older transformers releases saved as persistent buffers (e.g. CLIP's `position_ids`). Our modules
 # derive them on the fly, so they are dropped on load. This is the only rename table in dalle.
 IGNORED_KEYS = re.compile(r"(^|\.)position_ids$")
+
+
+# The torch.nn.init functions that modules' reset_parameters() call.
+_INITIALIZERS = ("normal_", "uniform_", "constant_", "ones_", "zeros_", "kaiming_uniform_", "kaiming_normal_",
+                 "xavier_uniform_", "xavier_normal_", "trunc_normal_")
+
+
+@contextmanager
+def _skip_initialization() -> Iterator[None]:
+    """Make torch.nn.init a no-op while a module is built for loading: its values would be overwritten anyway, and
+    initialising on the meta device imports torch._dynamo, which costs over a second of start-up."""
+    saved = {name: getattr(nn.init, name) for name in _INITIALIZERS}
+    for name in _INITIALIZERS:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
 
 
 def weight_files(folder: Path, component: str) -> list[Path]:
@@ -109,7 +129,7 @@ def load_weights(
     gradients off, on `device`. Raises `CheckpointError` naming the component
     and the first offending tensors when keys or shapes disagree with the module the config describes.
     """
-    with torch.device("meta"):
+    with torch.device("meta"), _skip_initialization():
         module = build()
     state = read_state_dict(folder, component, dtype, device, prefixes)
     _check_keys(module, state, component)

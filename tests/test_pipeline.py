@@ -112,6 +112,13 @@ def test_an_image_depends_on_its_seed_not_its_batch(model) -> None:
     assert not np.array_equal(np.asarray(batch[0]), np.asarray(batch[1]))
 
 
+def test_a_variation_depends_on_its_image_and_seed_not_its_batch(model) -> None:
+    pictures, settings = _pictures(), Settings(decoder_steps=3, sr_steps=2)
+    alone = model.vary([pictures[1]], [9], settings)[0]
+    batch = model.vary([pictures[0], pictures[2], pictures[1], pictures[0]], [1, 2, 9, 3], settings)
+    assert np.array_equal(np.asarray(alone), np.asarray(batch[2]))
+
+
 def test_one_step_is_a_clear_error(model) -> None:
     for settings in (Settings(prior_steps=1), Settings(decoder_steps=1), Settings(sr_steps=1)):
         with pytest.raises(SchedulerError, match="between 2 and 1000 inference steps"):

@@ -144,8 +144,10 @@ class UnCLIP:
         report(Progress("encode", 1, 1, 0, len(images), len(images)))
         with self._on_device(parts.text_encoder, parts.image_encoder):
             embeds, hidden, mask = self._encode_text([""] * len(images), guided)
-            pixels = preprocess(images, parts.preprocess).to(self.device, self.dtype)
-            image_embeds = parts.image_encoder(pixels)
+            pixels = preprocess(images, parts.preprocess).to(self.device, self.dtype)  # [B, 3, S, S]
+            # One image at a time: a batched ViT differs in the last bits with the batch size, and a variation must
+            # depend only on its own image and seed. The encoder runs once per image, so this costs little.
+            image_embeds = torch.cat([parts.image_encoder(p[None]) for p in pixels])  # [B, D]
         return self._decode_and_upscale(image_embeds, embeds, hidden, mask, generators, s, guided, report)
 
     def _encode_text(self, prompts: list[str], guided: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
