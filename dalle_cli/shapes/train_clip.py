@@ -1,0 +1,125 @@
+"""The text-side stages of the `shapes` recipe: the tokenizer, CLIP, and the diffusion prior.
+
+1. A byte-level BPE vocabulary learned from sampled captions (Sennrich et al. 2016), in CLIP's file format.
+2. CLIP's two towers trained from scratch with the symmetric contrastive loss and a learned temperature (Radford et
+   al. 2021, Fig. 3), on fresh scenes; the text side also gets hard negatives for half the captions (`hard_negative`).
+3. The prior (Ramesh et al. 2022, §2.2) on the frozen towers: it denoises the normalised CLIP image embedding and
+   predicts it directly (x_0, "sample" prediction) from the text embedding and token states; 15% of the captions
+   are replaced by the empty prompt so that classifier-free guidance has an unconditional model.
+"""
+
+import math
+import random
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..configs import from_config
+from ..models.clip_text import CLIPTextConfig, CLIPTextEncoder
+from ..models.clip_vision import CLIPVisionConfig, CLIPVisionEncoder
+from ..models.prior import PriorConfig, PriorTransformer
+from ..tokenizer import Tokenizer, learn_bpe, save_tokenizer_files
+from .train_common import EMA, ForwardProcess, LossLog, Optimizer, StageBudget, init_transformer
+from .train_data import clip_features, clip_pixels, downsample, hard_negative, sample_batch, tokenize
+from .train_export import MAX_LENGTH, VOCAB_SIZE, image_encoder_config, prior_config, text_encoder_config
+from .world import sample_scene
+
+CORPUS_SIZE = 20000
+CLIP_BATCH = 128
+CLIP_NEGATIVES = 64  # hard negative captions per batch, made from the first captions
+PRIOR_BATCH = 128
+PRIOR_UNCOND = 0.15  # fraction of captions replaced by "" for the prior's guidance
+STATS_IMAGES = 2048  # images whose CLIP embeddings give the prior's clip_mean / clip_std
+
+
+def learn_tokenizer(rng: random.Random, folder: Path) -> Tokenizer:
+    """Learn the BPE vocabulary on CORPUS_SIZE sampled captions, write the tokenizer files to `folder` (Karlo's
+    layout, "!" as the pad token) and load them back."""
+    corpus = [sample_scene(rng, kind="mix")[0] for _ in range(CORPUS_SIZE)]
+    vocab, merges = learn_bpe(corpus, VOCAB_SIZE)
+    save_tokenizer_files(folder, vocab, merges, pad_token="!", model_max_length=MAX_LENGTH)
+    return Tokenizer.from_folder(folder)
+
+
+def train_clip(tokenizer: Tokenizer, budget: StageBudget, rng: random.Random, seed: int
+               ) -> tuple[CLIPTextEncoder, CLIPVisionEncoder]:
+    """Train both CLIP towers contrastively; returns them frozen. The text tower reads captions without an attention
+    mask, as the pipeline calls it."""
+    torch.manual_seed(seed)
+    text = CLIPTextEncoder(from_config(CLIPTextConfig, text_encoder_config(tokenizer.vocab)))
+    vision = CLIPVisionEncoder(from_config(CLIPVisionConfig, image_encoder_config()))
+    init_transformer(text)
+    init_transformer(vision)
+    log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+    params = [*text.parameters(), *vision.parameters(), log_scale]
+    optimizer = Optimizer(params, lr=1e-3, weight_decay=0.1)
+    log = LossLog(budget)
+    step = 0
+    while budget.running(step):
+        batch = sample_batch(rng, CLIP_BATCH)
+        negatives = [hard_negative(rng, caption) for caption in batch.captions[:CLIP_NEGATIVES]]
+        ids, mask = tokenize(tokenizer, batch.captions + negatives)
+        ids = ids[:, : int(mask.sum(dim=1).max())]  # the padding after the end token cannot change the embedding
+        text_embeds = F.normalize(text(ids)[0], dim=-1)  # [B + N, D]
+        image_embeds = F.normalize(vision(clip_pixels(downsample(batch.images))), dim=-1)  # [B, D]
+        logits = log_scale.clamp(max=math.log(100)).exp() * image_embeds @ text_embeds.T  # [B, B + N]
+        labels = torch.arange(CLIP_BATCH)
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits[:, :CLIP_BATCH].T, labels)) / 2
+        optimizer.step(loss)
+        accuracy = (logits.argmax(dim=1) == labels).float().mean().item()
+        log.add(step, loss=loss.item(), acc=accuracy, scale=log_scale.exp().item())
+        step += 1
+    log.flush(step - 1)
+    budget.max_steps = step
+    return text.eval().requires_grad_(False), vision.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def embedding_stats(tokenizer: Tokenizer, text: CLIPTextEncoder, vision: CLIPVisionEncoder, rng: random.Random
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and standard deviation [1, D] of the CLIP image embeddings of STATS_IMAGES scenes."""
+    embeds = []
+    for _ in range(STATS_IMAGES // CLIP_BATCH):
+        batch = sample_batch(rng, CLIP_BATCH)
+        embeds.append(vision(clip_pixels(downsample(batch.images))))
+    stacked = torch.cat(embeds)  # [N, D]
+    return stacked.mean(dim=0, keepdim=True), stacked.std(dim=0, keepdim=True)
+
+
+def train_prior(tokenizer: Tokenizer, text: CLIPTextEncoder, vision: CLIPVisionEncoder, budget: StageBudget,
+                rng: random.Random, seed: int) -> PriorTransformer:
+    """Train the prior on the frozen CLIP towers; returns the weight average, with clip_mean / clip_std set."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    prior = PriorTransformer(from_config(PriorConfig, prior_config()))
+    init_transformer(prior)
+    mean, std = embedding_stats(tokenizer, text, vision, rng)
+    with torch.no_grad():
+        prior.clip_mean.copy_(mean)
+        prior.clip_std.copy_(std)
+    prior.clip_mean.requires_grad_(False)
+    prior.clip_std.requires_grad_(False)
+    params = [p for p in prior.parameters() if p.requires_grad]
+    optimizer = Optimizer(params, lr=5e-4, weight_decay=0.01)
+    ema = EMA(prior)
+    process = ForwardProcess()
+    log = LossLog(budget)
+    step = 0
+    while budget.running(step):
+        batch = sample_batch(rng, PRIOR_BATCH)
+        captions = ["" if rng.random() < PRIOR_UNCOND else c for c in batch.captions]
+        features = clip_features(tokenizer, text, vision, captions, downsample(batch.images))
+        x0 = (features.image_embeds - mean) / std  # [B, D]
+        t, _, xt = process.noise(x0, generator)
+        predicted = prior(xt, t, features.text_embeds, features.text_states, features.text_mask)
+        loss = F.mse_loss(predicted, x0)
+        optimizer.step(loss)
+        ema.update(prior)
+        log.add(step, loss=loss.item())
+        step += 1
+    log.flush(step - 1)
+    budget.max_steps = step
+    return ema.module
+
