@@ -46,8 +46,11 @@ def test_ctrl_c_stops_cleanly_and_skip_existing_resumes(tiny_karlo: Path, tmp_pa
     out = tmp_path / "out"
     args = ["gen", "a red circle", "-m", str(tiny_karlo), "-n", "5", "--batch-size", "1", "--seed", "3", "-o", str(out),
             *STEPS]
+    # As in a terminal's foreground: SIGINT at its default, even when the test run itself was started as a
+    # background job (which starts with SIGINT ignored, and Python then keeps ignoring it).
     process = subprocess.Popen([sys.executable, "-m", "dalle_cli.cli", *args], env=environment(tmp_path),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = process.stdout.readline()  # the first image is written: the run is in the middle of its batches
     assert first.strip().endswith(".png"), process.stderr.read()
     process.send_signal(signal.SIGINT)
