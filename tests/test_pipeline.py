@@ -128,3 +128,38 @@ def test_one_step_is_a_clear_error(model) -> None:
 def test_one_seed_per_image(model) -> None:
     with pytest.raises(UsageError, match="one seed per image"):
         model.generate(["a cat", "a dog"], [0], Settings(2, 2, 2))
+
+
+# A device that compares unequal to the CPU but computes on it: it stands in for a GPU, so the low-VRAM moves show.
+ACCELERATOR = torch.device("cpu", 0)
+NETWORKS = ("text_encoder", "prior", "image_encoder", "text_proj", "decoder", "super_res_first", "super_res_last")
+STAGES = {frozenset({"text_encoder", "prior"}), frozenset({"text_encoder", "image_encoder"}),
+          frozenset({"text_proj", "decoder"}), frozenset({"super_res_first"}), frozenset({"super_res_last"})}
+
+
+def test_low_vram_holds_one_stage_on_the_accelerator(tiny_karlo, model, monkeypatch) -> None:
+    parts = load_components(tiny_karlo, torch.float32, CPU)
+    low = UnCLIP(parts, ModelInfo("tiny-karlo"), Settings(), ACCELERATOR, torch.float32, low_vram=True)
+    held: set[str] = set()  # the networks whose last move was onto the accelerator
+    runs: list[tuple[str, frozenset[str]]] = []  # (network called, networks held at that moment)
+    for name in NETWORKS:
+        module = getattr(parts, name)
+
+        def to(device, name=name, move=module.to):
+            (held.add if torch.device(device) == ACCELERATOR else held.discard)(name)
+            return move(device)
+
+        monkeypatch.setattr(module, "to", to)
+        module.register_forward_pre_hook(lambda _module, _args, name=name: runs.append((name, frozenset(held))))
+    settings = Settings(2, 3, 3, 4.0, 8.0)
+
+    images = low.generate_tensors(["a red circle", "a cat"], [5, 6], settings)
+    assert not held  # all weights back on the CPU after the call
+    variations = low.vary_tensors(_pictures()[:2], [7, 8], settings)
+    assert not held
+
+    assert {name for name, _ in runs} == set(NETWORKS)
+    for name, on_accelerator in runs:
+        assert name in on_accelerator and on_accelerator in STAGES, (name, on_accelerator)
+    assert torch.equal(images, model.generate_tensors(["a red circle", "a cat"], [5, 6], settings))
+    assert torch.equal(variations, model.vary_tensors(_pictures()[:2], [7, 8], settings))

@@ -12,9 +12,8 @@ the batch it was made in, and it equals diffusers' `UnCLIPPipeline` given
 `generator=[torch.Generator("cpu").manual_seed(s) for s in seeds]`.
 """
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +58,7 @@ class UnCLIP:
         self.device = device
         self.dtype = dtype
         self.low_vram = low_vram
+        self._held: list[torch.nn.Module] = []  # what `_hold` put on the accelerator
 
     @property
     def max_tokens(self) -> int:
@@ -69,21 +69,20 @@ class UnCLIP:
         """The part of `prompt` that truncation to `max_tokens` cuts off, or "" when the prompt fits."""
         return self.parts.tokenizer.encode([prompt]).overflow[0]
 
-    @contextmanager
-    def _on_device(self, *modules: torch.nn.Module) -> Iterator[None]:
-        """In low-VRAM mode, hold only `modules` on the accelerator while the block runs; otherwise do nothing."""
-        if not self.low_vram or self.device.type == "cpu":
-            yield
+    def _hold(self, *modules: torch.nn.Module) -> None:
+        """In low-VRAM mode, make `modules` the only networks on the accelerator: the ones held before go back to
+        the CPU first, so one stage's weights at most are ever there (text encoder and prior, then the decoder, then
+        one super-resolution network at a time). Without low-VRAM mode every network stays where it was loaded."""
+        if not self.low_vram or [id(m) for m in modules] == [id(m) for m in self._held]:
             return
+        for module in self._held:
+            if all(module is not kept for kept in modules):
+                module.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
         for module in modules:
             module.to(self.device)
-        try:
-            yield
-        finally:
-            for module in modules:
-                module.to("cpu")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+        self._held = list(modules)
 
     def generate(self, prompts: Sequence[str], seeds: Sequence[int], settings: Settings | None = None, *,
                  progress: ProgressCallback | None = None) -> list[Image.Image]:
@@ -126,15 +125,17 @@ class UnCLIP:
             raise OutOfMemoryError(
                 f"{self.device.type} ran out of memory: try --low-vram or a smaller --batch-size"
             ) from None
+        finally:
+            self._hold()
 
     def _generate(self, prompts: list[str], seeds: list[int], s: Settings, report: ProgressCallback) -> torch.Tensor:
         parts = self.parts
         prior_steps = schedule.timesteps(s.prior_steps, parts.prior_scheduler)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         guided = s.prior_guidance > 1.0 or s.decoder_guidance > 1.0  # as the reference: both stages, or neither
-        with self._on_device(parts.text_encoder, parts.prior):
-            embeds, hidden, mask = self._encode_text(prompts, guided)
-            image_embeds = self._prior(embeds, hidden, mask, generators, prior_steps, s, guided, report)
+        self._hold(parts.text_encoder, parts.prior)
+        embeds, hidden, mask = self._encode_text(prompts, guided)
+        image_embeds = self._prior(embeds, hidden, mask, generators, prior_steps, s, guided, report)
         return self._decode_and_upscale(image_embeds, embeds, hidden, mask, generators, s, guided, report)
 
     def _vary(self, images: list[Image.Image], seeds: list[int], s: Settings, report: ProgressCallback) -> torch.Tensor:
@@ -142,12 +143,12 @@ class UnCLIP:
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         guided = s.decoder_guidance > 1.0
         report(Progress("encode", 1, 1, 0, len(images), len(images)))
-        with self._on_device(parts.text_encoder, parts.image_encoder):
-            embeds, hidden, mask = self._encode_text([""] * len(images), guided)
-            pixels = preprocess(images, parts.preprocess).to(self.device, self.dtype)  # [B, 3, S, S]
-            # One image at a time: a batched ViT differs in the last bits with the batch size, and a variation must
-            # depend only on its own image and seed. The encoder runs once per image, so this costs little.
-            image_embeds = torch.cat([parts.image_encoder(p[None]) for p in pixels])  # [B, D]
+        self._hold(parts.text_encoder, parts.image_encoder)
+        embeds, hidden, mask = self._encode_text([""] * len(images), guided)
+        pixels = preprocess(images, parts.preprocess).to(self.device, self.dtype)  # [B, 3, S, S]
+        # One image at a time: a batched ViT differs in the last bits with the batch size, and a variation must
+        # depend only on its own image and seed. The encoder runs once per image, so this costs little.
+        image_embeds = torch.cat([parts.image_encoder(p[None]) for p in pixels])  # [B, D]
         return self._decode_and_upscale(image_embeds, embeds, hidden, mask, generators, s, guided, report)
 
     def _encode_text(self, prompts: list[str], guided: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -198,34 +199,35 @@ class UnCLIP:
         def draw(shape: tuple[int, ...]) -> torch.Tensor:
             return _noise(generators, shape, self.dtype, self.device)[0]
 
-        with self._on_device(parts.text_proj, parts.decoder):
-            context, time_embeds = parts.text_proj(image_embeds, embeds, hidden, guided)
-            context_mask = F.pad(mask, (parts.text_proj.config.clip_extra_context_tokens, 0), value=True)
-            size = parts.decoder.config.sample_size
+        self._hold(parts.text_proj, parts.decoder)
+        context, time_embeds = parts.text_proj(image_embeds, embeds, hidden, guided)
+        context_mask = F.pad(mask, (parts.text_proj.config.clip_extra_context_tokens, 0), value=True)
+        size = parts.decoder.config.sample_size
 
-            def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
-                inputs = torch.cat([x, x]) if guided else x
-                out = parts.decoder(inputs, t, encoder_hidden_states=context, class_labels=time_embeds,
-                                    attention_mask=context_mask)
-                report(Progress("decoder", i + 1, len(decoder_steps), 0, n, n))
-                return sampler.guide(out, s.decoder_guidance, learned_variance) if guided else out
+        def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
+            inputs = torch.cat([x, x]) if guided else x
+            out = parts.decoder(inputs, t, encoder_hidden_states=context, class_labels=time_embeds,
+                                attention_mask=context_mask)
+            report(Progress("decoder", i + 1, len(decoder_steps), 0, n, n))
+            return sampler.guide(out, s.decoder_guidance, learned_variance) if guided else out
 
-            x = draw((parts.decoder.config.in_channels, size, size))
-            small = _sample(denoise, x, decoder_steps, parts.decoder_scheduler, generators).clamp(-1, 1)
+        x = draw((parts.decoder.config.in_channels, size, size))
+        small = _sample(denoise, x, decoder_steps, parts.decoder_scheduler, generators).clamp(-1, 1)
 
-        with self._on_device(parts.super_res_first, parts.super_res_last):
-            size = parts.super_res_first.config.sample_size
-            x = draw((parts.super_res_first.config.in_channels // 2, size, size))
-            upscaled = F.interpolate(small, size=(size, size), mode="bicubic", align_corners=False,
-                                     antialias=self.device.type != "mps")
+        self._hold(parts.super_res_first)
+        size = parts.super_res_first.config.sample_size
+        x = draw((parts.super_res_first.config.in_channels // 2, size, size))
+        upscaled = F.interpolate(small, size=(size, size), mode="bicubic", align_corners=False,
+                                 antialias=self.device.type != "mps")
 
-            def denoise_sr(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
-                unet = parts.super_res_last if i == len(sr_steps) - 1 else parts.super_res_first
-                out = unet(torch.cat([x, upscaled], dim=1), t)
-                report(Progress("super_res", i + 1, len(sr_steps), 0, n, n))
-                return out
+        def denoise_sr(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
+            unet = parts.super_res_last if i == len(sr_steps) - 1 else parts.super_res_first
+            self._hold(unet)  # swaps in super_res_last for the last step in low-VRAM mode
+            out = unet(torch.cat([x, upscaled], dim=1), t)
+            report(Progress("super_res", i + 1, len(sr_steps), 0, n, n))
+            return out
 
-            return _sample(denoise_sr, x, sr_steps, parts.super_res_scheduler, generators)
+        return _sample(denoise_sr, x, sr_steps, parts.super_res_scheduler, generators)
 
 
 def load(model: str | Path = "karlo", *, device: str = "auto", dtype: str = "auto", low_vram: bool = False,
