@@ -217,8 +217,9 @@ class UnCLIP:
         self._hold(parts.super_res_first)
         size = parts.super_res_first.config.sample_size
         x = draw((parts.super_res_first.config.in_channels // 2, size, size))
-        upscaled = F.interpolate(small, size=(size, size), mode="bicubic", align_corners=False,
-                                 antialias=self.device.type != "mps")
+        # Resampled in fp32: the CPU has no half-precision antialiased bicubic kernel, and it is more exact anyway.
+        upscaled = F.interpolate(small.float(), size=(size, size), mode="bicubic", align_corners=False,
+                                 antialias=self.device.type != "mps").to(small.dtype)  # [B, 3, size, size]
 
         def denoise_sr(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
             unet = parts.super_res_last if i == len(sr_steps) - 1 else parts.super_res_first
