@@ -1,24 +1,25 @@
 """How faithfully the embedded `shapes` model follows its prompts: the issue #4 table.
 
     python benchmarks/shapes_faithfulness.py [--n 200] [--seed 2027] [--batch 50] [--model shapes]
-        [--prior-guidance G] [--decoder-guidance G]
+        [--prior-steps N] [--decoder-steps N] [--sr-steps N] [--prior-guidance G] [--decoder-guidance G]
 
 Rows (each of `--n` images, prompts drawn by the dataset's grammar from `--seed`, never used in training or tuning,
 and image seeds from a separate range): one object with seen colour-shape pairs; one object with the held-out pairs;
 two objects with a relation; and `vary` on the generated seen-pair images, judged against their source prompts.
 Images are made with the model's default settings through the same library call `dalle gen` uses, and judged by the
 model-free evaluator (dalle_cli/shapes/evaluate.py). Prints the fraction right per attribute, and the targets.
-The guidance options override the defaults; with another `--seed` they choose the registry's defaults on images
-that the reported table never uses.
+The sampling options override the model's defaults; with another `--seed` they choose the registry's defaults on
+images that the reported table never uses.
 """
 
 import argparse
 import random
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import torch
 
+from dalle_cli.pipelines.api import Settings
 from dalle_cli.pipelines.unclip import load
 from dalle_cli.shapes.evaluate import COLUMNS, ROW_HELD_OUT, ROW_SEEN, ROW_TWO, ROW_VARY, score, summarize
 from dalle_cli.shapes.world import sample_scene
@@ -41,12 +42,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2027, help="seed of the prompt draw and base of the image seeds")
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--model", default="shapes")
-    parser.add_argument("--prior-guidance", type=float, default=None)
-    parser.add_argument("--decoder-guidance", type=float, default=None)
+    for field in fields(Settings):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=field.type, default=None)
     args = parser.parse_args()
     model = load(args.model, device="cpu")
-    overrides = {"prior_guidance": args.prior_guidance, "decoder_guidance": args.decoder_guidance}
-    settings = replace(model.defaults, **{k: v for k, v in overrides.items() if v is not None})
+    overrides = {f.name: getattr(args, f.name) for f in fields(Settings) if getattr(args, f.name) is not None}
+    settings = replace(model.defaults, **overrides)
     rng = random.Random(args.seed)
     rows = {ROW_SEEN: _prompts(rng, args.n, "one", False), ROW_HELD_OUT: _prompts(rng, args.n, "one", True),
             ROW_TWO: _prompts(rng, args.n, "two", False)}
