@@ -6,6 +6,7 @@ These are correctness checks, not timings. They fail, not skip, when the weights
 """
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -28,15 +29,11 @@ from dalle_cli.tokenizer import Tokenizer
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "shapes"
 COMPONENTS = ("text_encoder", "image_encoder", "prior", "text_proj", "decoder", "super_res_first", "super_res_last")
-SETTINGS = Settings(prior_steps=10, decoder_steps=10, sr_steps=4)  # few steps; the guidance scales are defaults
+FEW_STEPS = {"prior_steps": 10, "decoder_steps": 10, "sr_steps": 4}  # with the registry's guidance scales
 ONE_OBJECT = ["a red circle", "a blue square", "a yellow triangle", "a large black square",
               "a small green circle in the top left", "a pink circle in the bottom right"]
 HELD_OUT = ["a green triangle", "a purple circle"]
 TWO_OBJECTS = ["a red circle left of a blue square", "a black square above a yellow circle"]
-# The weights shipped now come from a 66-minute run of the recipe on a shared 2-core machine, and they miss these
-# checks (see issue #4 and benchmarks/shapes_faithfulness.py). strict=True: the suite fails as soon as a better
-# model passes them, so the marks must then be removed.
-UNDERTRAINED = "the shipped shapes model is undertrained and does not yet follow prompts (issue #4)"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,14 +48,19 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def model() -> UnCLIP:
-    return load(str(WEIGHTS), device="cpu")
+    return load("shapes", device="cpu")  # the alias, so the registry's default settings apply
 
 
 @pytest.fixture(scope="module")
-def judged(model: UnCLIP) -> dict[str, dict[str, bool | str]]:
+def settings(model: UnCLIP) -> Settings:
+    return replace(model.defaults, **FEW_STEPS)
+
+
+@pytest.fixture(scope="module")
+def judged(model: UnCLIP, settings: Settings) -> dict[str, dict[str, bool | str]]:
     """Every test prompt generated once, in one batch, with fixed seeds, and judged by the evaluator."""
     prompts = ONE_OBJECT + HELD_OUT + TWO_OBJECTS
-    images = model.generate(prompts, list(range(100, 100 + len(prompts))), SETTINGS)
+    images = model.generate(prompts, list(range(100, 100 + len(prompts))), settings)
     return {p: score(p, im) for p, im in zip(prompts, images)}
 
 
@@ -87,6 +89,8 @@ def test_configs_are_the_recipe_architecture() -> None:
     }
     for name, config in expected.items():
         assert json.loads((WEIGHTS / name / "config.json").read_text()) == config, name
+    for name, config in train_export.SCHEDULERS.items():
+        assert json.loads((WEIGHTS / name / "scheduler_config.json").read_text()) == config, name
     preprocessor = json.loads((WEIGHTS / "feature_extractor" / "preprocessor_config.json").read_text())
     assert preprocessor == train_export.feature_extractor_config()
     tokenizer = Tokenizer.from_folder(WEIGHTS / "tokenizer")
@@ -96,7 +100,6 @@ def test_configs_are_the_recipe_architecture() -> None:
     assert tokenizer.count_tokens(longest) == len(longest.split()) + 2
 
 
-@pytest.mark.xfail(strict=True, reason=UNDERTRAINED)
 def test_one_object_prompts_are_followed(judged) -> None:
     results = [judged[p] for p in ONE_OBJECT]
     assert sum(r["color"] for r in results) >= 5, results
@@ -104,7 +107,6 @@ def test_one_object_prompts_are_followed(judged) -> None:
     assert sum(r["all"] for r in results) >= 4, results
 
 
-@pytest.mark.xfail(strict=True, reason=UNDERTRAINED)
 def test_held_out_pairs_and_two_objects(judged) -> None:
     held_out = [judged[p] for p in HELD_OUT]
     two = [judged[p] for p in TWO_OBJECTS]
@@ -112,11 +114,10 @@ def test_held_out_pairs_and_two_objects(judged) -> None:
     assert sum(r["color"] and r["shape"] for r in two) >= 1, two
 
 
-@pytest.mark.xfail(strict=True, reason=UNDERTRAINED)
-def test_variations_keep_colour_and_shape(model: UnCLIP) -> None:
+def test_variations_keep_colour_and_shape(model: UnCLIP, settings: Settings) -> None:
     prompts = ["a red circle", "a blue square", "a yellow triangle"]
-    sources = model.generate(prompts, [100, 101, 102], SETTINGS)
-    variations = model.vary(sources, [7, 8, 9], SETTINGS)
+    sources = model.generate(prompts, [100, 101, 102], settings)
+    variations = model.vary(sources, [7, 8, 9], settings)
     assert [im.size for im in variations] == [(64, 64)] * 3
     source_scores = [score(p, im) for p, im in zip(prompts, sources)]
     kept = [score(p, im) for p, im in zip(prompts, variations)]

@@ -21,7 +21,7 @@ from ..models.clip_text import CLIPTextConfig, CLIPTextEncoder
 from ..models.clip_vision import CLIPVisionConfig, CLIPVisionEncoder
 from ..models.prior import PriorConfig, PriorTransformer
 from ..tokenizer import Tokenizer, learn_bpe, save_tokenizer_files
-from .train_common import EMA, ForwardProcess, LossLog, Optimizer, StageBudget, init_transformer
+from .train_common import EMA, ForwardProcess, Optimizer, StageBudget, init_transformer, run_stage
 from .train_data import clip_features, clip_pixels, downsample, hard_negative, sample_batch, tokenize
 from .train_export import MAX_LENGTH, VOCAB_SIZE, image_encoder_config, prior_config, text_encoder_config
 from .world import sample_scene
@@ -55,9 +55,8 @@ def train_clip(tokenizer: Tokenizer, budget: StageBudget, rng: random.Random, se
     log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
     params = [*text.parameters(), *vision.parameters(), log_scale]
     optimizer = Optimizer(params, lr=1e-3, weight_decay=0.1)
-    log = LossLog(budget)
-    step = 0
-    while budget.running(step):
+
+    def train_step() -> dict[str, float]:
         batch = sample_batch(rng, CLIP_BATCH)
         negatives = [hard_negative(rng, caption) for caption in batch.captions[:CLIP_NEGATIVES]]
         ids, mask = tokenize(tokenizer, batch.captions + negatives)
@@ -69,10 +68,9 @@ def train_clip(tokenizer: Tokenizer, budget: StageBudget, rng: random.Random, se
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits[:, :CLIP_BATCH].T, labels)) / 2
         optimizer.step(loss)
         accuracy = (logits.argmax(dim=1) == labels).float().mean().item()
-        log.add(step, loss=loss.item(), acc=accuracy, scale=log_scale.exp().item())
-        step += 1
-    log.flush(step - 1)
-    budget.max_steps = step
+        return {"loss": loss.item(), "acc": accuracy, "scale": log_scale.exp().item()}
+
+    run_stage(budget, train_step)
     return text.eval().requires_grad_(False), vision.eval().requires_grad_(False)
 
 
@@ -105,9 +103,8 @@ def train_prior(tokenizer: Tokenizer, text: CLIPTextEncoder, vision: CLIPVisionE
     optimizer = Optimizer(params, lr=5e-4, weight_decay=0.01)
     ema = EMA(prior)
     process = ForwardProcess()
-    log = LossLog(budget)
-    step = 0
-    while budget.running(step):
+
+    def train_step() -> dict[str, float]:
         batch = sample_batch(rng, PRIOR_BATCH)
         captions = ["" if rng.random() < PRIOR_UNCOND else c for c in batch.captions]
         features = clip_features(tokenizer, text, vision, captions, downsample(batch.images))
@@ -117,9 +114,8 @@ def train_prior(tokenizer: Tokenizer, text: CLIPTextEncoder, vision: CLIPVisionE
         loss = F.mse_loss(predicted, x0)
         optimizer.step(loss)
         ema.update(prior)
-        log.add(step, loss=loss.item())
-        step += 1
-    log.flush(step - 1)
-    budget.max_steps = step
+        return {"loss": loss.item()}
+
+    run_stage(budget, train_step)
     return ema.module
 

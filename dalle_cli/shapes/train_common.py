@@ -9,6 +9,7 @@ import copy
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +62,18 @@ class LossLog:
         values = " ".join(f"{k} {v / self.count:.4f}" for k, v in self.sums.items())
         LOG.info("%s step %d %s (%.0f s)", self.budget.name, step + 1, values, self.budget.elapsed())
         self.sums, self.count = {}, 0
+
+
+def run_stage(budget: StageBudget, train_step: Callable[[], dict[str, float]]) -> None:
+    """Call `train_step` (one optimiser step; it returns its metrics for the log) while `budget` allows, then record
+    the number of steps taken as `budget.max_steps`, which is what `--steps` replays."""
+    log = LossLog(budget)
+    step = 0
+    while budget.running(step):
+        log.add(step, **train_step())
+        step += 1
+    log.flush(step - 1)
+    budget.max_steps = step
 
 
 class Optimizer:
@@ -130,7 +143,6 @@ class ForwardProcess:
 def count_parameters(module: nn.Module) -> str:
     """A module's parameter count in millions, for the log."""
     return f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f}M"
-
 
 
 def setup_logging(log_path: str) -> None:

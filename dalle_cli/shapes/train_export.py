@@ -4,8 +4,9 @@ Every network is built from the same JSON dictionaries that are saved next to it
 `from_config`, so what is trained is exactly what `dalle gen -m shapes` loads. The layout is Karlo's
 (kakaobrain/karlo-v1-alpha) plus the image-variations repo's `image_encoder/` and `feature_extractor/`; the
 widths are chosen so that all weights fit in 25 MB of fp16 safetensors and train on a 2-core CPU within the recipe's
-time budget. Two deliberate differences from Karlo: the decoder predicts ε with a fixed variance
-(`variance_type: fixed_small_log`, 3 output channels) instead of a learned range, and the super-resolution stage
+time budget. Three deliberate differences from Karlo: the decoder and the super-resolution stage predict x_0
+(`prediction_type: sample`, see `train_diffusion.py`) instead of ε; the decoder has a fixed variance
+(`variance_type: fixed_small_log`, 3 output channels) instead of a learned range; and the super-resolution stage
 ships the same weights as `super_res_first` and `super_res_last`.
 """
 
@@ -81,7 +82,7 @@ def _unet_common(channels: tuple[int, ...], sample_size: int | None, groups: int
 
 
 def decoder_config() -> dict[str, Any]:
-    """diffusers' UNet2DConditionModel config in Karlo's block layout at 32 px, ε prediction, 3 output channels."""
+    """diffusers' UNet2DConditionModel config in Karlo's block layout at 32 px, 3 output channels."""
     levels = len(DECODER_CHANNELS)
     return {"_class_name": "UNet2DConditionModel", **_unet_common(DECODER_CHANNELS, DECODER_SIZE, 16),
             "attention_head_dim": 32, "class_embed_type": "identity", "cross_attention_dim": EMBED,
@@ -110,6 +111,11 @@ def scheduler_config(prediction_type: str, clip_sample_range: float) -> dict[str
             "variance_type": "fixed_small_log"}
 
 
+# Every stage predicts x_0: the prior as Karlo's does (with Karlo's clip_sample_range), the image stages for the
+# reasons in `train_diffusion.py`.
+SCHEDULERS = {"prior_scheduler": scheduler_config("sample", 5.0), "decoder_scheduler": scheduler_config("sample", 1.0),
+              "super_res_scheduler": scheduler_config("sample", 1.0)}
+
 MODEL_INDEX = {
     "_class_name": "UnCLIPPipeline", "_diffusers_version": DIFFUSERS_VERSION,
     "decoder": ["diffusers", "UNet2DConditionModel"], "decoder_scheduler": ["diffusers", "UnCLIPScheduler"],
@@ -137,9 +143,8 @@ def save_component(folder: Path, config: dict[str, Any], module: nn.Module, libr
 def write_static_files(out: Path) -> None:
     """The files that hold no weights: model_index.json, the three scheduler configs, the feature extractor."""
     write_json(out / "model_index.json", MODEL_INDEX)
-    write_json(out / "prior_scheduler" / "scheduler_config.json", scheduler_config("sample", 5.0))
-    write_json(out / "decoder_scheduler" / "scheduler_config.json", scheduler_config("epsilon", 1.0))
-    write_json(out / "super_res_scheduler" / "scheduler_config.json", scheduler_config("epsilon", 1.0))
+    for name, config in SCHEDULERS.items():
+        write_json(out / name / "scheduler_config.json", config)
     write_json(out / "feature_extractor" / "preprocessor_config.json", feature_extractor_config())
 
 
