@@ -16,7 +16,7 @@ from typing import Any
 from .errors import UsageError
 from .naming import render_name, slugify
 from .pipelines.api import Settings
-from .registry import apply_settings
+from .registry import apply_settings, is_int_in
 
 MAX_SEED = 2**63 - 1
 SETTING_KEYS = tuple(f.name for f in dataclasses.fields(Settings))
@@ -51,14 +51,14 @@ class Job:
 
 def check_seed(seed: int, where: str) -> int:
     """`seed` if it is an integer from 0 to 2**63 - 1, else `UsageError`."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+    if not is_int_in(seed, 0, MAX_SEED):
         raise UsageError(f"{where}: seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     return seed
 
 
 def check_count(n: int, where: str) -> int:
     """`n` if it is an integer from 1 to 10000, else `UsageError`."""
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10000:
+    if not is_int_in(n, 1, 10000):
         raise UsageError(f"{where}: n must be an integer from 1 to 10000, got {n!r}")
     return n
 

@@ -19,10 +19,9 @@ from safetensors import safe_open
 from torch import nn
 
 from .errors import CheckpointError
+from .registry import PICKLE_SUFFIXES
 
 M = TypeVar("M", bound=nn.Module)
-
-PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 
 # Keys that older transformers releases saved as persistent buffers (e.g. CLIP's `position_ids`). Our modules
 # derive them on the fly, so they are dropped on load. This is the only rename table in dalle.

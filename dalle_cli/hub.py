@@ -95,8 +95,6 @@ def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-
-
 @contextmanager
 def _hub_errors(source: Source) -> Iterator[None]:
     """Turn huggingface_hub and network failures into one-line `DalleError`s naming the model."""
@@ -193,9 +191,10 @@ def fetch(source: Source, *, offline: bool, on_notice: Notice | None = None, why
         done = f", {format_size(total - left)} already here" if left < total else ""
         notify(f"downloading {source.name}{why}: {format_size(left)} in {len(missing)} files from "
                f"{source.repo_id}@{commit[:7]}{done}, into {cache_dir()}")
-        if left > _free_space(cache_dir()):
+        free = _free_space(cache_dir())
+        if left > free:
             raise DownloadError(f"not enough disk space for {source.name}: it needs {format_size(left)}, and "
-                                f"{cache_dir()} has {format_size(_free_space(cache_dir()))} free")
+                                f"{cache_dir()} has {format_size(free)} free")
         folder = snapshot_download(source.repo_id, revision=source.revision, allow_patterns=list(source.files),
                                    ignore_patterns=list(NEVER))
     return Path(folder)

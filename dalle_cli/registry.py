@@ -60,6 +60,11 @@ def registry_path() -> Path:
     return Path(override).expanduser() if override else DEFAULT_PATH
 
 
+def is_int_in(value: Any, low: int, high: int) -> bool:
+    """Whether `value` is an integer from `low` to `high`; JSON's true and false (Python bools) are not."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def apply_settings(base: Settings, raw: dict[str, Any], where: str, error: type[DalleError] = ConfigError) -> Settings:
     """`base` with the sampling keys of `raw` replaced. Step counts must be integers from 2 to 1000 and guidance
     scales numbers of at least 1 (1 turns guidance off). Raises `error`, its message starting with `where`, for an
@@ -70,7 +75,7 @@ def apply_settings(base: Settings, raw: dict[str, Any], where: str, error: type[
         raise error(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(names)})")
     for key, value in raw.items():
         if key.endswith("_steps"):
-            if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 1000:
+            if not is_int_in(value, 2, 1000):
                 raise error(f"{where}: {key} must be an integer from 2 to 1000, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1.0:
             raise error(f"{where}: {key} must be a number of at least 1 (1 turns guidance off), got {value!r}")
