@@ -7,7 +7,8 @@ Rows (each of `--n` images, prompts drawn by the dataset's grammar from `--seed`
 and image seeds from a separate range): one object with seen colour-shape pairs; one object with the held-out pairs;
 two objects with a relation; and `vary` on the generated seen-pair images, judged against their source prompts.
 Images are made with the model's default settings through the same library call `dalle gen` uses, and judged by the
-model-free evaluator (dalle_cli/shapes/evaluate.py). Prints the fraction right per attribute, and the targets.
+model-free evaluator (dalle_cli/shapes/evaluate.py). Prints the fraction right per attribute, the targets, and the
+evaluator's own speed (images judged per second).
 The sampling options override the model's defaults; with another `--seed` they choose the registry's defaults on
 images that the reported table never uses.
 """
@@ -18,6 +19,7 @@ import time
 from dataclasses import fields, replace
 
 import torch
+from PIL import Image
 
 from dalle_cli.pipelines.api import Settings
 from dalle_cli.pipelines.unclip import load
@@ -36,6 +38,14 @@ def _prompts(rng: random.Random, n: int, kind: str, held_out: bool) -> list[str]
     return [sample_scene(rng, kind=kind, allow_held_out=held_out, held_out_only=held_out)[0] for _ in range(n)]
 
 
+def _judge(prompts: list[str], images: list[Image.Image], row: str, timing: list[float]) -> list[dict]:
+    """`score` every image against its prompt; adds the seconds spent judging to `timing`."""
+    start = time.perf_counter()
+    scores = [score(p, im, row=row) for p, im in zip(prompts, images)]
+    timing.append(time.perf_counter() - start)
+    return scores
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="images per row")
@@ -51,14 +61,14 @@ def main() -> None:
     rng = random.Random(args.seed)
     rows = {ROW_SEEN: _prompts(rng, args.n, "one", False), ROW_HELD_OUT: _prompts(rng, args.n, "one", True),
             ROW_TWO: _prompts(rng, args.n, "two", False)}
-    scores, seen_images = [], []
+    scores, seen_images, judging = [], [], []
     start = time.perf_counter()
     for offset, (row, prompts) in enumerate(rows.items()):
         for i in range(0, len(prompts), args.batch):
             chunk = prompts[i:i + args.batch]
             seeds = [args.seed * 10_000 + offset * 1_000 + i + j for j in range(len(chunk))]
             images = model.generate(chunk, seeds, settings)
-            scores += [score(p, im, row=row) for p, im in zip(chunk, images)]
+            scores += _judge(chunk, images, row, judging)
             if row == ROW_SEEN:
                 seen_images += images
     prompts = rows[ROW_SEEN]
@@ -66,7 +76,7 @@ def main() -> None:
         sources = seen_images[i:i + args.batch]
         variations = model.vary(sources, [args.seed * 10_000 + 5_000 + i + j for j in range(len(sources))],
                                 settings)
-        scores += [score(p, im, row=ROW_VARY) for p, im in zip(prompts[i:i + args.batch], variations)]
+        scores += _judge(prompts[i:i + args.batch], variations, ROW_VARY, judging)
     seconds = time.perf_counter() - start
 
     print(f"{model.info.name}: {sum(len(p) for p in rows.values()) + len(prompts)} images in {seconds:.0f} s "
@@ -75,6 +85,7 @@ def main() -> None:
     for line in summarize(scores):
         cells = " ".join(f"{'—' if line[c] is None else f'{100 * line[c]:.1f}':>8}" for c in COLUMNS)
         print(f"{line['row']:28} {line['n']:>4} {cells}   {TARGETS.get(str(line['row']), '')}")
+    print(f"evaluator: {len(scores) / sum(judging):.0f} images judged per second")
 
 
 if __name__ == "__main__":
