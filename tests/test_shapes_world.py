@@ -10,7 +10,8 @@ from dalle_cli.errors import UsageError
 from dalle_cli.shapes.evaluate import COLUMNS, ROW_HELD_OUT, ROW_SEEN, ROW_TWO, ROW_VARY, detect, score, summarize
 from dalle_cli.shapes.world import (BORDER, COLORS, GAP, HELD_OUT, PALETTE, POSITIONS, PREFIXES, RELATION_WORDINGS,
                                     SHAPES, SIZES, CaptionSpec, ObjectSpec, Scene, SceneObject, cell_of, extents,
-                                    image_to_tensor, parse_caption, relation_holds, render, render_batch, sample_scene)
+                                    image_to_tensor, parse_caption, relation_holds, render, render_batch, sample_scene,
+                                    scene_for)
 
 IMAGE_SIZES = (32, 64)
 SCENES_PER_SIZE = 400
@@ -85,28 +86,43 @@ def test_evaluator_survives_washed_out_and_tinted_images(ground_truth, size: int
     assert sum(marks) / len(marks) >= 0.95, f"{size} px washed out: {sum(marks) / len(marks):.4f}"
 
 
-def test_sampled_scenes_follow_their_captions() -> None:
+def assert_scene_follows(spec: CaptionSpec, scene: Scene) -> None:
     """Stated attributes are drawn; objects stay inside the image; two-object scenes are unambiguous."""
+    assert [(o.color, o.shape) for o in spec.objects] == [(o.color, o.shape) for o in scene.objects]
+    boxes = []
+    for stated, obj in zip(spec.objects, scene.objects):
+        assert stated.size in (None, obj.size)
+        assert stated.position in (None, cell_of(obj.center))
+        left, up, right, down = extents(obj.shape, obj.size)
+        box = (obj.center[0] - left, obj.center[1] - up, obj.center[0] + right, obj.center[1] + down)
+        assert BORDER - 1e-9 <= min(box) and max(box) <= 1 - BORDER + 1e-9
+        boxes.append(box)
+    if spec.relation is not None:
+        a, b = scene.objects
+        assert a.color != b.color
+        assert relation_holds(a.center, b.center, spec.relation)
+        gap = max(boxes[1][0] - boxes[0][2], boxes[0][0] - boxes[1][2], boxes[1][1] - boxes[0][3],
+                  boxes[0][1] - boxes[1][3])
+        assert gap >= GAP - 1e-9
+
+
+def test_sampled_scenes_follow_their_captions() -> None:
     rng = random.Random(1)
     for _ in range(2000):
         caption, scene = sample_scene(rng, allow_held_out=True)
-        spec = parse_caption(caption)
-        assert [(o.color, o.shape) for o in spec.objects] == [(o.color, o.shape) for o in scene.objects]
-        boxes = []
-        for stated, obj in zip(spec.objects, scene.objects):
-            assert stated.size in (None, obj.size)
-            assert stated.position in (None, cell_of(obj.center))
-            left, up, right, down = extents(obj.shape, obj.size)
-            box = (obj.center[0] - left, obj.center[1] - up, obj.center[0] + right, obj.center[1] + down)
-            assert BORDER - 1e-9 <= min(box) and max(box) <= 1 - BORDER + 1e-9
-            boxes.append(box)
-        if spec.relation is not None:
-            a, b = scene.objects
-            assert a.color != b.color
-            assert relation_holds(a.center, b.center, spec.relation)
-            gap = max(boxes[1][0] - boxes[0][2], boxes[0][0] - boxes[1][2], boxes[1][1] - boxes[0][3],
-                      boxes[0][1] - boxes[1][3])
-            assert gap >= GAP - 1e-9
+        assert_scene_follows(parse_caption(caption), scene)
+
+
+def test_scenes_drawn_for_a_caption_follow_it() -> None:
+    """`scene_for` draws a scene for any caption of the grammar, and fills in what it leaves unstated at random."""
+    rng = random.Random(2)
+    specs = [parse_caption(sample_scene(rng, allow_held_out=True)[0]) for _ in range(1000)]
+    scenes = [scene_for(rng, spec) for spec in specs]
+    for spec, scene in zip(specs, scenes):
+        assert_scene_follows(spec, scene)
+    unstated = [scene.objects[0] for spec, scene in zip(specs, scenes) if spec.objects[0].position is None]
+    assert len({cell_of(obj.center) for obj in unstated}) == len(POSITIONS)
+    assert {obj.size for obj in unstated} == set(SIZES)
 
 
 def test_caption_parse_round_trips() -> None:

@@ -189,10 +189,14 @@ def _sample_one(rng: random.Random, allow_held_out: bool, held_out_only: bool) -
     color, shape = rng.choice(_pairs(allow_held_out, held_out_only))
     size, position = rng.choice(tuple(SIZES)), rng.choice(tuple(POSITIONS))
     size_stated, position_stated = rng.random() < 0.5, rng.random() < 0.5
-    x0, y0, x1, y1 = _span(shape, size, position if position_stated else None)
-    center = (rng.uniform(x0, x1), rng.uniform(y0, y1))
     spec = ObjectSpec(color, shape, size if size_stated else None, position if position_stated else None)
-    return CaptionSpec((spec,)), Scene((SceneObject(color, shape, size, center),))
+    return CaptionSpec((spec,)), Scene((_place_one(rng, color, shape, size, spec.position),))
+
+
+def _place_one(rng: random.Random, color: str, shape: str, size: str, position: str | None) -> SceneObject:
+    """The object with its centroid uniform over the image, or over its cell when `position` is given."""
+    x0, y0, x1, y1 = _span(shape, size, position)
+    return SceneObject(color, shape, size, (rng.uniform(x0, x1), rng.uniform(y0, y1)))
 
 
 def _uniform_pair(rng: random.Random, span_a: tuple[float, float], span_b: tuple[float, float],
@@ -210,6 +214,12 @@ def _sample_two(rng: random.Random, allow_held_out: bool) -> tuple[CaptionSpec, 
     color_b, shape_b = rng.choice([(c, s) for c, s in pairs if c != color_a])
     kinds = ((color_a, shape_a, rng.choice(tuple(SIZES))), (color_b, shape_b, rng.choice(tuple(SIZES))))
     relation = rng.choice(RELATIONS)
+    spec = CaptionSpec((ObjectSpec(color_a, shape_a), ObjectSpec(color_b, shape_b)), relation)
+    return spec, _place_two(rng, kinds, relation)
+
+
+def _place_two(rng: random.Random, kinds: tuple[tuple[str, str, str], ...], relation: str) -> Scene:
+    """Two objects, given as (colour, shape, size), placed so that the first stands in `relation` to the second."""
     axis = 0 if relation in ("left of", "right of") else 1  # the relation's axis: 0 is x, 1 is y
     low, high = (0, 1) if relation in ("left of", "above") else (1, 0)  # the object on the left / top comes first
     spans = [_span(shape, size, None) for _, shape, size in kinds]  # (x0, y0, x1, y1) each
@@ -218,8 +228,18 @@ def _sample_two(rng: random.Random, allow_held_out: bool) -> tuple[CaptionSpec, 
     across = _uniform_pair(rng, spans[low][1 - axis::2], spans[high][1 - axis::2],
                            lambda a, b: abs(a - b) <= MAX_OFFSET)
     centers = {i: (along[k], across[k]) if axis == 0 else (across[k], along[k]) for k, i in enumerate((low, high))}
-    spec = CaptionSpec((ObjectSpec(color_a, shape_a), ObjectSpec(color_b, shape_b)), relation)
-    return spec, Scene(tuple(SceneObject(*kinds[i], centers[i]) for i in (0, 1)))
+    return Scene(tuple(SceneObject(*kinds[i], centers[i]) for i in (0, 1)))
+
+
+def scene_for(rng: random.Random, spec: CaptionSpec) -> Scene:
+    """A random scene of which `spec` is true: what it leaves unstated (sizes, an unstated position, the exact
+    placement) is drawn from `rng` as `sample_scene` draws it."""
+    if spec.relation is None:
+        [obj] = spec.objects
+        size = obj.size or rng.choice(tuple(SIZES))
+        return Scene((_place_one(rng, obj.color, obj.shape, size, obj.position),))
+    kinds = tuple((obj.color, obj.shape, rng.choice(tuple(SIZES))) for obj in spec.objects)
+    return _place_two(rng, kinds, spec.relation)
 
 
 def sample_scene(rng: random.Random, *, allow_held_out: bool = False, kind: str = "mix", held_out_only: bool = False
