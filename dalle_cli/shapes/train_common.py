@@ -146,7 +146,11 @@ def count_parameters(module: nn.Module) -> str:
 
 
 def setup_logging(log_path: str) -> None:
-    """Send the recipe's log lines to stdout and append them to `log_path`, each with a UTC time stamp."""
+    """Send the recipe's log lines to stdout and append them to `log_path`, each with a UTC time stamp (replacing
+    the handlers of an earlier run in the same process)."""
+    for handler in LOG.handlers[:]:
+        LOG.removeHandler(handler)
+        handler.close()
     formatter = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
     formatter.converter = time.gmtime
     LOG.setLevel(logging.INFO)
