@@ -46,7 +46,7 @@ STAGES = ("clip", "prior", "decoder", "super_res")
 # Fractions of the time budget. clip, prior and decoder run one after the other in the main process; super_res runs
 # alongside them in its own process, so the shares add up to more than 1. The rest of the main share (~5%) is for
 # the embedding statistics, the text encodings and writing the files.
-STAGE_SHARES = {"clip": 0.15, "prior": 0.08, "decoder": 0.72, "super_res": 0.85}
+STAGE_SHARES = {"clip": 0.20, "prior": 0.08, "decoder": 0.67, "super_res": 0.85}
 UNLIMITED = 10**9
 
 

@@ -2,7 +2,8 @@
 
 1. A byte-level BPE vocabulary learned from sampled captions (Sennrich et al. 2016), in CLIP's file format.
 2. CLIP's two towers trained from scratch with the symmetric contrastive loss and a learned temperature (Radford et
-   al. 2021, Fig. 3), on fresh scenes; the text side also gets hard negatives for half the captions (`hard_negative`).
+   al. 2021, Fig. 3), on fresh scenes, half of every batch counterfactual twins of the other half
+   (`sample_contrast_batch`).
 3. The prior (Ramesh et al. 2022, §2.2) on the frozen towers: it denoises the normalised CLIP image embedding and
    predicts it directly (x_0, "sample" prediction) from the text embedding and token states; 15% of the captions
    are replaced by the empty prompt so that classifier-free guidance has an unconditional model.
@@ -22,13 +23,12 @@ from ..models.clip_vision import CLIPVisionConfig, CLIPVisionEncoder
 from ..models.prior import PriorConfig, PriorTransformer
 from ..tokenizer import Tokenizer, learn_bpe, save_tokenizer_files
 from .train_common import EMA, ForwardProcess, Optimizer, StageBudget, init_transformer, run_stage
-from .train_data import clip_features, clip_pixels, downsample, hard_negative, sample_batch, tokenize
+from .train_data import clip_features, clip_pixels, downsample, sample_batch, sample_contrast_batch, tokenize
 from .train_export import MAX_LENGTH, VOCAB_SIZE, image_encoder_config, prior_config, text_encoder_config
 from .world import sample_scene
 
 CORPUS_SIZE = 20000
 CLIP_BATCH = 128
-CLIP_NEGATIVES = 64  # hard negative captions per batch, made from the first captions
 PRIOR_BATCH = 128
 PRIOR_UNCOND = 0.15  # fraction of captions replaced by "" for the prior's guidance
 STATS_IMAGES = 2048  # images whose CLIP embeddings give the prior's clip_mean / clip_std
@@ -43,6 +43,23 @@ def learn_tokenizer(rng: random.Random, folder: Path) -> Tokenizer:
     return Tokenizer.from_folder(folder)
 
 
+def init_patch_positions(vision: CLIPVisionEncoder) -> None:
+    """Start the image tower's position embeddings [1 + G², D] at 2-D sine-cosine features of each patch's grid cell
+    (the class token's at zero), as MAE and MoCo v3 do (He et al. 2022; Chen et al. 2021), instead of N(0, 0.02²):
+    at that scale the patches' colours swamp where they are, and the tower is slow to learn position at all. A
+    quarter of the channels each holds sin(x ω_k), cos(x ω_k), sin(y ω_k), cos(y ω_k), ω_k = 100^(-k / (D/4)).
+    The embeddings stay learned parameters."""
+    weight = vision.vision_model["embeddings"].position_embedding.weight  # [1 + G², D]
+    grid, quarter = math.isqrt(weight.shape[0] - 1), weight.shape[1] // 4
+    omega = 100.0 ** (-torch.arange(quarter) / quarter)  # [D/4]
+    y, x = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")  # patches are row-major
+    angles = [coordinate.reshape(-1, 1) * omega for coordinate in (x, y)]  # 2 x [G², D/4]
+    features = torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1)  # [G², D]
+    with torch.no_grad():
+        weight[0].zero_()
+        weight[1:] = features
+
+
 def train_clip(tokenizer: Tokenizer, budget: StageBudget, rng: random.Random, seed: int
                ) -> tuple[CLIPTextEncoder, CLIPVisionEncoder]:
     """Train both CLIP towers contrastively; returns them frozen. The text tower reads captions without an attention
@@ -52,20 +69,20 @@ def train_clip(tokenizer: Tokenizer, budget: StageBudget, rng: random.Random, se
     vision = CLIPVisionEncoder(from_config(CLIPVisionConfig, image_encoder_config()))
     init_transformer(text)
     init_transformer(vision)
+    init_patch_positions(vision)
     log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
     params = [*text.parameters(), *vision.parameters(), log_scale]
     optimizer = Optimizer(params, lr=1e-3, weight_decay=0.1)
 
     def train_step() -> dict[str, float]:
-        batch = sample_batch(rng, CLIP_BATCH)
-        negatives = [hard_negative(rng, caption) for caption in batch.captions[:CLIP_NEGATIVES]]
-        ids, mask = tokenize(tokenizer, batch.captions + negatives)
+        batch = sample_contrast_batch(rng, CLIP_BATCH)
+        ids, mask = tokenize(tokenizer, batch.captions)
         ids = ids[:, : int(mask.sum(dim=1).max())]  # the padding after the end token cannot change the embedding
-        text_embeds = F.normalize(text(ids)[0], dim=-1)  # [B + N, D]
+        text_embeds = F.normalize(text(ids)[0], dim=-1)  # [B, D]
         image_embeds = F.normalize(vision(clip_pixels(downsample(batch.images))), dim=-1)  # [B, D]
-        logits = log_scale.clamp(max=math.log(100)).exp() * image_embeds @ text_embeds.T  # [B, B + N]
+        logits = log_scale.clamp(max=math.log(100)).exp() * image_embeds @ text_embeds.T  # [B, B]
         labels = torch.arange(CLIP_BATCH)
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits[:, :CLIP_BATCH].T, labels)) / 2
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         optimizer.step(loss)
         accuracy = (logits.argmax(dim=1) == labels).float().mean().item()
         return {"loss": loss.item(), "acc": accuracy, "scale": log_scale.exp().item()}

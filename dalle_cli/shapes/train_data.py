@@ -4,11 +4,11 @@ Every batch is drawn from a `random.Random` (scenes and captions) and rendered a
 stage's output size. The 32 px view that the decoder learns to draw and that the CLIP image tower sees is the 64 px
 image downsampled with an antialiased bicubic filter, the same filter (up to rounding) as the Pillow resize of the
 `feature_extractor` that `dalle vary` applies to a generated 64 px picture. Held-out colour-shape pairs never
-appear: every scene is sampled with `allow_held_out=False`.
+appear: every scene is sampled with `allow_held_out=False`, and no counterfactual twin names one.
 """
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,8 @@ from ..images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..models.clip_text import CLIPTextEncoder
 from ..models.clip_vision import CLIPVisionEncoder
 from ..tokenizer import Tokenizer
-from .world import COLORS, SHAPES, CaptionSpec, ObjectSpec, parse_caption, render_batch, sample_scene
+from .world import (COLORS, HELD_OUT, POSITIONS, SHAPES, SIZES, CaptionSpec, ObjectSpec, Scene, parse_caption,
+                    render_batch, sample_scene, scene_for)
 
 IMAGE_SIZE = 64  # the super-resolution output
 DECODER_SIZE = 32  # the decoder output and the CLIP image tower input
@@ -36,8 +37,12 @@ class Batch:
 def sample_batch(rng: random.Random, size: int) -> Batch:
     """`size` random one- or two-object scenes (half each on average) from the seen pairs, rendered at 64 px."""
     drawn = [sample_scene(rng, kind="mix") for _ in range(size)]
-    pixels = render_batch([scene for _, scene in drawn], IMAGE_SIZE)  # [B, 3, 64, 64] uint8
-    return Batch([caption for caption, _ in drawn], pixels.float() / 127.5 - 1.0)
+    return _rendered([caption for caption, _ in drawn], [scene for _, scene in drawn])
+
+
+def _rendered(captions: list[str], scenes: list[Scene]) -> Batch:
+    pixels = render_batch(scenes, IMAGE_SIZE)  # [B, 3, 64, 64] uint8
+    return Batch(captions, pixels.float() / 127.5 - 1.0)
 
 
 def downsample(images: Tensor) -> Tensor:
@@ -59,25 +64,38 @@ def clip_pixels(images: Tensor) -> Tensor:
 
 
 def hard_negative(rng: random.Random, caption: str) -> str:
-    """A caption that contradicts `caption` in one attribute, as an extra contrastive negative for the text tower.
+    """A caption that contradicts `caption` in one attribute, and names no HELD_OUT pair.
 
-    Two objects: the colours swapped between the shapes (binding) or the relation reversed. One object: another
-    colour or another shape. These are the distinctions in-batch negatives rarely force (Ramesh et al. 2022, §7,
-    name attribute binding as unCLIP's weak spot). A negative may name a HELD_OUT pair: such text is only ever
-    contrasted against images of other pairs, never paired with an image of its own (none is ever rendered)."""
+    Two objects: the colours swapped between the shapes (binding) or the relation reversed. One object: another grid
+    cell when the caption states a position, otherwise another colour, another shape or (when stated) the other
+    size. Ramesh et al. (2022, §7) name attribute binding and spatial relations as unCLIP's weak spots: two random
+    captions of a batch almost always differ in colour or shape as well, so in-batch negatives alone never teach
+    CLIP where things are."""
     spec = parse_caption(caption)
     a = spec.objects[0]
     if spec.relation is not None:
         b = spec.objects[1]
-        if rng.random() < 0.5:
-            swapped = (ObjectSpec(b.color, a.shape), ObjectSpec(a.color, b.shape))
+        swapped = (ObjectSpec(b.color, a.shape), ObjectSpec(a.color, b.shape))
+        if rng.random() < 0.5 and not any((o.color, o.shape) in HELD_OUT for o in swapped):
             return CaptionSpec(swapped, spec.relation).text()
         return CaptionSpec(spec.objects, OPPOSITE[spec.relation]).text()
-    if rng.random() < 0.5:
-        other = ObjectSpec(rng.choice([c for c in COLORS if c != a.color]), a.shape, a.size, a.position)
-    else:
-        other = ObjectSpec(a.color, rng.choice([s for s in SHAPES if s != a.shape]), a.size, a.position)
-    return CaptionSpec((other,)).text()
+    if a.position is not None:
+        return CaptionSpec((replace(a, position=rng.choice([p for p in POSITIONS if p != a.position])),)).text()
+    options = [replace(a, color=c) for c in COLORS if c != a.color and (c, a.shape) not in HELD_OUT]
+    options += [replace(a, shape=s) for s in SHAPES if s != a.shape and (a.color, s) not in HELD_OUT]
+    options += [replace(a, size=z) for z in SIZES if a.size is not None and z != a.size]
+    return CaptionSpec((rng.choice(options),)).text()
+
+
+def sample_contrast_batch(rng: random.Random, size: int) -> Batch:
+    """`size` // 2 scenes as `sample_batch` draws them, then for each a counterfactual twin: a scene drawn for its
+    `hard_negative` caption. A twin is the positive of its own caption and the hardest negative of its original's,
+    in both directions of CLIP's loss, so the image tower must see the contradicted attribute (where an object is,
+    which colour sits on which shape) and the text tower must read it."""
+    drawn = [sample_scene(rng, kind="mix") for _ in range(size // 2)]
+    twins = [hard_negative(rng, caption) for caption, _ in drawn]
+    scenes = [scene for _, scene in drawn] + [scene_for(rng, parse_caption(twin)) for twin in twins]
+    return _rendered([caption for caption, _ in drawn] + twins, scenes)
 
 
 def tokenize(tokenizer: Tokenizer, captions: list[str]) -> tuple[Tensor, Tensor]:
