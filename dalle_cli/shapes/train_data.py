@@ -41,6 +41,7 @@ def sample_batch(rng: random.Random, size: int) -> Batch:
 
 
 def _rendered(captions: list[str], scenes: list[Scene]) -> Batch:
+    """The batch of `captions` and their `scenes` rendered at 64 px, in [-1, 1]."""
     pixels = render_batch(scenes, IMAGE_SIZE)  # [B, 3, 64, 64] uint8
     return Batch(captions, pixels.float() / 127.5 - 1.0)
 

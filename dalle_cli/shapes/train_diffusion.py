@@ -3,7 +3,7 @@
 Both predict the clean image x_0 ("sample" prediction), trained with the mean squared error to it. Per noise level
 that is the ε loss of Ho et al. (2020, eq. 14) weighted by the inverse signal-to-noise ratio (1 - ᾱ_t) / ᾱ_t:
 uniform in t, it spends the small networks' capacity on the noisy steps that decide colour, shape and layout, and
-a prediction of x_0 keeps the few-step samplers (25 decoder, 7 super-resolution steps) from leaving residual noise
+a prediction of x_0 keeps the few-step samplers (15 to 25 decoder, 7 super-resolution steps) from leaving noise
 on the flat white background, which ε prediction did at this budget. Classifier-free guidance is unchanged by the
 choice: for one x_t, x_0 is an affine function of ε, so guiding either gives the same step.
 - Decoder (Ramesh et al. 2022, §2.1): a 32 px UNet conditioned on the CLIP image embedding of its target, through the
