@@ -16,12 +16,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from dalle_cli.images import preprocess
 from dalle_cli.pipelines.unclip import load
 from dalle_cli.shapes.world import (COLORS, POSITIONS, RELATIONS, SHAPES, SIZES, CaptionSpec, ObjectSpec, Scene,
-                                    parse_caption, render_batch, sample_scene)
+                                    parse_caption, render, sample_scene)
 
 Candidates = Callable[[CaptionSpec], list[CaptionSpec]]
 
@@ -52,7 +51,8 @@ def _binding(spec: CaptionSpec) -> list[CaptionSpec]:
 
 def _two_shapes(spec: CaptionSpec) -> list[CaptionSpec]:
     a, b = spec.objects
-    return [CaptionSpec((ObjectSpec(a.color, s), ObjectSpec(b.color, t)), spec.relation) for s in SHAPES for t in SHAPES]
+    return [CaptionSpec((ObjectSpec(a.color, s), ObjectSpec(b.color, t)), spec.relation)
+            for s in SHAPES for t in SHAPES]
 
 
 # probe name -> (which scenes, which candidate captions)
@@ -95,8 +95,7 @@ def main() -> None:
 
     @torch.no_grad()
     def image_embeds(scenes: list[Scene]) -> torch.Tensor:
-        pictures = [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in render_batch(scenes, 64)]
-        pixels = preprocess(pictures, parts.preprocess)  # [N, 3, S, S]
+        pixels = preprocess([render(scene, 64) for scene in scenes], parts.preprocess)  # [N, 3, S, S]
         return F.normalize(torch.cat([parts.image_encoder(p[None]) for p in pixels]), dim=-1)  # [N, D]
 
     print(f"{args.model}: zero-shot, {args.n} rendered scenes per probe, seed {args.seed}")
