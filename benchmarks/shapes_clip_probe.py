@@ -45,8 +45,7 @@ def _relations(spec: CaptionSpec) -> list[CaptionSpec]:
 
 
 def _binding(spec: CaptionSpec) -> list[CaptionSpec]:
-    a, b = spec.objects
-    return [spec, CaptionSpec((ObjectSpec(b.color, a.shape), ObjectSpec(a.color, b.shape)), spec.relation)]
+    return [spec, spec.colours_swapped()]
 
 
 def _two_shapes(spec: CaptionSpec) -> list[CaptionSpec]:

@@ -18,7 +18,7 @@ from ..images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ..models.clip_text import CLIPTextEncoder
 from ..models.clip_vision import CLIPVisionEncoder
 from ..tokenizer import Tokenizer
-from .world import (COLORS, HELD_OUT, POSITIONS, SHAPES, SIZES, CaptionSpec, ObjectSpec, Scene, parse_caption,
+from .world import (COLORS, HELD_OUT, POSITIONS, SHAPES, SIZES, CaptionSpec, Scene, parse_caption,
                     render_batch, sample_scene, scene_for)
 
 IMAGE_SIZE = 64  # the super-resolution output
@@ -75,10 +75,9 @@ def hard_negative(rng: random.Random, caption: str) -> str:
     spec = parse_caption(caption)
     a = spec.objects[0]
     if spec.relation is not None:
-        b = spec.objects[1]
-        swapped = (ObjectSpec(b.color, a.shape), ObjectSpec(a.color, b.shape))
-        if rng.random() < 0.5 and not any((o.color, o.shape) in HELD_OUT for o in swapped):
-            return CaptionSpec(swapped, spec.relation).text()
+        swapped = spec.colours_swapped()
+        if rng.random() < 0.5 and not any((o.color, o.shape) in HELD_OUT for o in swapped.objects):
+            return swapped.text()
         return CaptionSpec(spec.objects, OPPOSITE[spec.relation]).text()
     if a.position is not None:
         return CaptionSpec((replace(a, position=rng.choice([p for p in POSITIONS if p != a.position])),)).text()

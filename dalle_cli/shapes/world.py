@@ -104,6 +104,12 @@ class CaptionSpec:
             return self.objects[0].text()
         return f"{self.objects[0].text()} {relation_wording or self.relation} {self.objects[1].text()}"
 
+    def colours_swapped(self) -> "CaptionSpec":
+        """The two-object caption with the colours exchanged between the shapes: the same colours, shapes and
+        relation, bound the other way round (Ramesh et al. 2022, §7: attribute binding)."""
+        a, b = self.objects
+        return CaptionSpec((ObjectSpec(b.color, a.shape), ObjectSpec(a.color, b.shape)), self.relation)
+
 
 @dataclass(frozen=True)
 class SceneObject:
