@@ -18,13 +18,17 @@ from dalle_cli.shapes.world import HELD_OUT, CaptionSpec, ObjectSpec, parse_capt
 
 
 def changed(caption: CaptionSpec, negative: CaptionSpec) -> list[str]:
-    """The attributes in which `negative` differs from `caption`: object fields by name, or "relation"."""
+    """The attributes in which `negative` differs from `caption`: object fields by name, or for two objects
+    "relation", "binding" or "shape of one of two"."""
     if caption.relation is not None:
         a, b = caption.objects
         if negative == CaptionSpec(caption.objects, OPPOSITE[caption.relation]):
             return ["relation"]
         if negative == CaptionSpec((ObjectSpec(b.color, a.shape), ObjectSpec(a.color, b.shape)), caption.relation):
             return ["binding"]
+        c, d = negative.objects
+        if negative.relation == caption.relation and (c.color, d.color) == (a.color, b.color):
+            return ["shape of one of two"] if (c.shape != a.shape) != (d.shape != b.shape) else ["something else"]
         return ["something else"]
     [before], [after] = caption.objects, negative.objects
     return [f.name for f in fields(ObjectSpec) if getattr(before, f.name) != getattr(after, f.name)]
@@ -53,7 +57,7 @@ def test_hard_negatives_contradict_one_stated_attribute() -> None:
         kinds[kind] += 1
         if spec.relation is None and spec.objects[0].position is not None:
             positioned[kind] += 1
-    assert set(kinds) == {"color", "shape", "size", "position", "relation", "binding"}
+    assert set(kinds) == {"color", "shape", "size", "position", "relation", "binding", "shape of one of two"}
     assert set(positioned) == {"position"} and positioned["position"] > 300
 
 

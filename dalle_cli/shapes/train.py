@@ -1,6 +1,6 @@
 """Train the embedded `shapes` model from scratch on a CPU: tokenizer, CLIP, prior, decoder and super-resolution.
 
-    python -m dalle_cli.shapes.train --out weights/shapes --seed 0 [--minutes 100] [--threads 1]
+    python -m dalle_cli.shapes.train --out weights/shapes --seed 0 [--minutes 110] [--threads 1]
 
 The result is a complete unCLIP model in Karlo's hub layout (see `train_export.py`), loadable by the same loader as
 Karlo. The stages run in dependency order: tokenizer -> CLIP -> prior -> decoder; the super-resolution stage needs
@@ -46,7 +46,7 @@ STAGES = ("clip", "prior", "decoder", "super_res")
 # Fractions of the time budget. clip, prior and decoder run one after the other in the main process; super_res runs
 # alongside them in its own process, so the shares add up to more than 1. The rest of the main share (~5%) is for
 # the embedding statistics, the text encodings and writing the files.
-STAGE_SHARES = {"clip": 0.20, "prior": 0.08, "decoder": 0.67, "super_res": 0.85}
+STAGE_SHARES = {"clip": 0.28, "prior": 0.07, "decoder": 0.60, "super_res": 0.85}
 UNLIMITED = 10**9
 
 
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dalle_cli.shapes.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the model folder to write")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--minutes", type=float, default=100.0, help="total wall-time budget")
+    parser.add_argument("--minutes", type=float, default=110.0, help="total wall-time budget")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--steps", type=str, default=None,
                         help="step limits clip,prior,decoder,super_res (e.g. from recipe.json); default: time only")

@@ -67,7 +67,8 @@ def clip_pixels(images: Tensor) -> Tensor:
 def hard_negative(rng: random.Random, caption: str) -> str:
     """A caption that contradicts `caption` in one attribute, and names no HELD_OUT pair.
 
-    Two objects: the colours swapped between the shapes (binding) or the relation reversed. One object: another grid
+    Two objects: half the time one object's shape changed, else the colours swapped between the shapes (binding) or
+    the relation reversed, a quarter each. One object: another grid
     cell when the caption states a position, otherwise another colour, another shape or (when stated) the other
     size. Ramesh et al. (2022, §7) name attribute binding and spatial relations as unCLIP's weak spots: two random
     captions of a batch almost always differ in colour or shape as well, so in-batch negatives alone never teach
@@ -75,8 +76,11 @@ def hard_negative(rng: random.Random, caption: str) -> str:
     spec = parse_caption(caption)
     a = spec.objects[0]
     if spec.relation is not None:
+        draw = rng.random()
+        if draw < 0.5:
+            return rng.choice(_one_shape_changed(spec)).text()
         swapped = spec.colours_swapped()
-        if rng.random() < 0.5 and not any((o.color, o.shape) in HELD_OUT for o in swapped.objects):
+        if draw < 0.75 and not any((o.color, o.shape) in HELD_OUT for o in swapped.objects):
             return swapped.text()
         return CaptionSpec(spec.objects, OPPOSITE[spec.relation]).text()
     if a.position is not None:
@@ -85,6 +89,14 @@ def hard_negative(rng: random.Random, caption: str) -> str:
     options += [replace(a, shape=s) for s in SHAPES if s != a.shape and (a.color, s) not in HELD_OUT]
     options += [replace(a, size=z) for z in SIZES if a.size is not None and z != a.size]
     return CaptionSpec((rng.choice(options),)).text()
+
+
+def _one_shape_changed(spec: CaptionSpec) -> list[CaptionSpec]:
+    """The two-object captions that give one of `spec`'s objects another shape (never a HELD_OUT pair)."""
+    a, b = spec.objects
+    firsts = [CaptionSpec((replace(a, shape=s), b), spec.relation) for s in SHAPES if (a.color, s) not in HELD_OUT]
+    seconds = [CaptionSpec((a, replace(b, shape=s)), spec.relation) for s in SHAPES if (b.color, s) not in HELD_OUT]
+    return [c for c in firsts + seconds if c != spec]
 
 
 def sample_contrast_batch(rng: random.Random, size: int) -> Batch:
