@@ -17,18 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import httpx2
-from huggingface_hub import HfApi, constants, snapshot_download
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    IncompleteSnapshotError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from huggingface_hub.file_download import repo_folder_name
-from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub import constants  # light; the client and its HTTP stack (~0.3 s) load when a repo is touched
 
 from .errors import CheckpointError, DownloadError, ModelNotFoundError
 from .pipelines.api import ModelInfo, Settings
@@ -98,6 +87,16 @@ def folder_size(folder: Path) -> int:
 @contextmanager
 def _hub_errors(source: Source) -> Iterator[None]:
     """Turn huggingface_hub and network failures into one-line `DalleError`s naming the model."""
+    import httpx2
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        IncompleteSnapshotError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
     where = f"{source.repo_id}@{source.revision}"
     try:
         yield
@@ -132,6 +131,9 @@ def _hub_errors(source: Source) -> Iterator[None]:
 def cached(source: Source) -> Status:
     """Whether `source` is complete in the cache, checked against the file listing huggingface_hub keeps with each
     download. No network access."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
+
     try:
         folder = Path(snapshot_download(source.repo_id, revision=source.revision, allow_patterns=list(source.files),
                                         ignore_patterns=list(NEVER), local_files_only=True))
@@ -148,6 +150,9 @@ def _plan(source: Source) -> tuple[str, dict[str, int]]:
 
     Raises `CheckpointError` when a strict source misses a listed file, or when a component folder has only pickle
     weights (which dalle would not fetch, leaving the model unloadable)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects
+
     info = HfApi().model_info(source.repo_id, revision=source.revision, files_metadata=True)
     sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
     wanted = set(filter_repo_objects(sizes, allow_patterns=list(source.files), ignore_patterns=list(NEVER)))
@@ -174,6 +179,9 @@ def _free_space(folder: Path) -> int:
 def fetch(source: Source, *, offline: bool, on_notice: Notice | None = None, why: str = "") -> Path:
     """The local snapshot folder of `source`, downloading what is missing first (announced through `on_notice` with
     its size). Raises `DownloadError` when offline and not downloaded, or when the download fails."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.file_download import repo_folder_name
+
     notify = on_notice or (lambda message: None)
     status = cached(source)
     if status.state == "downloaded" and status.folder is not None:

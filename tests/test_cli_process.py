@@ -42,6 +42,22 @@ def test_help_and_models_do_not_import_torch(tmp_path: Path) -> None:
     assert "karlo" in result.stdout and "clip-vit-large-patch14" in result.stdout  # the models table
 
 
+def test_a_shipped_model_resolves_without_the_hub_client(tmp_path: Path) -> None:
+    """`dalle gen -m shapes` needs no network, so it must not pay for huggingface_hub's client and HTTP stack at
+    start-up (about 0.3 s of the 3 s the issue allows)."""
+    code = (
+        "import sys\n"
+        "from dalle_cli.hub import resolve\n"
+        "assert resolve('shapes').folder.name == 'shapes'\n"
+        "print('loaded:', [m for m in ('httpx2', 'huggingface_hub.hf_api', 'huggingface_hub._snapshot_download')\n"
+        "                  if m in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=environment(tmp_path), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "loaded: []"
+
+
 def test_ctrl_c_stops_cleanly_and_skip_existing_resumes(tiny_karlo: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["gen", "a red circle", "-m", str(tiny_karlo), "-n", "5", "--batch-size", "1", "--seed", "3", "-o", str(out),
