@@ -21,6 +21,14 @@ def environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf"), **extra}
 
 
+def run_python(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter with the test environment; fails the test unless it exits 0."""
+    result = subprocess.run([sys.executable, "-c", code], env=environment(tmp_path), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def test_help_and_models_do_not_import_torch(tmp_path: Path) -> None:
     code = (
         "import sys\n"
@@ -33,9 +41,7 @@ def test_help_and_models_do_not_import_torch(tmp_path: Path) -> None:
         "        assert e.code in (0, None), (args, e.code)\n"
         "print('torch imported:', 'torch' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], env=environment(tmp_path), capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
+    result = run_python(code, tmp_path)
     assert result.stdout.strip().endswith("torch imported: False")
     for option in ("--prior-steps", "--decoder-guidance", "--skip-existing", "--batch-size", "--low-vram"):
         assert option in result.stdout
@@ -52,9 +58,7 @@ def test_a_shipped_model_resolves_without_the_hub_client(tmp_path: Path) -> None
         "print('loaded:', [m for m in ('httpx2', 'huggingface_hub.hf_api', 'huggingface_hub._snapshot_download')\n"
         "                  if m in sys.modules])\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], env=environment(tmp_path), capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
+    result = run_python(code, tmp_path)
     assert result.stdout.strip() == "loaded: []"
 
 

@@ -67,8 +67,8 @@ def clip_pixels(images: Tensor) -> Tensor:
 def hard_negative(rng: random.Random, caption: str) -> str:
     """A caption that contradicts `caption` in one attribute, and names no HELD_OUT pair.
 
-    Two objects: half the time one object's shape changed, else the colours swapped between the shapes (binding) or
-    the relation reversed, a quarter each. One object: another grid
+    Two objects: half the time one object's shape changed; a quarter of the time the colours swapped between the
+    shapes (binding), unless that names a HELD_OUT pair; otherwise the relation reversed. One object: another grid
     cell when the caption states a position, otherwise another colour, another shape or (when stated) the other
     size. Ramesh et al. (2022, §7) name attribute binding and spatial relations as unCLIP's weak spots: two random
     captions of a batch almost always differ in colour or shape as well, so in-batch negatives alone never teach
