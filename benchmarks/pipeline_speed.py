@@ -25,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from tiny_karlo import SMALL, build_reference, save_reference  # noqa: E402  (the tests' checkpoint builder)
 
 from dalle_cli.devices import DTYPES  # noqa: E402
-from dalle_cli.pipelines.api import ModelInfo, Settings  # noqa: E402
-from dalle_cli.pipelines.components import load_components  # noqa: E402
-from dalle_cli.pipelines.unclip import UnCLIP  # noqa: E402
+from dalle_cli.api import ModelInfo
+from dalle_cli.families.unclip.settings import UnCLIPSettings as Settings  # noqa: E402
+from dalle_cli.families.unclip.components import load_components  # noqa: E402
+from dalle_cli.families.unclip.pipeline import UnCLIP  # noqa: E402
 
 PROMPTS = ["an astronaut riding a horse", "a bowl of soup that is also a portal"]
 

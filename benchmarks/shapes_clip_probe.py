@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dalle_cli.images import preprocess
-from dalle_cli.pipelines.unclip import load
+from dalle_cli import load
 from dalle_cli.shapes.world import (COLORS, POSITIONS, RELATIONS, SHAPES, SIZES, CaptionSpec, ObjectSpec, Scene,
                                     parse_caption, render, sample_scene)
 

@@ -21,8 +21,8 @@ from dataclasses import fields, replace
 import torch
 from PIL import Image
 
-from dalle_cli.pipelines.api import Settings
-from dalle_cli.pipelines.unclip import load
+from dalle_cli.families.unclip.settings import UnCLIPSettings as Settings
+from dalle_cli import load
 from dalle_cli.shapes.evaluate import COLUMNS, ROW_HELD_OUT, ROW_SEEN, ROW_TWO, ROW_VARY, score, summarize
 from dalle_cli.shapes.world import sample_scene
 

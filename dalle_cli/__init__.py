@@ -7,14 +7,25 @@
 Importing this package is cheap: torch is imported only when a model is loaded.
 """
 
+from typing import Any, Callable
+
 from .errors import DalleError
 
 __version__ = "0.1.0"
 __all__ = ["DalleError", "__version__", "load"]
 
 
-def load(model: str = "karlo", **kwargs):  # type: ignore[no-untyped-def]
-    """Load a model by registry alias, hub id or local folder; see `dalle_cli.pipelines.unclip.load`."""
-    from .pipelines.unclip import load as _load
+def load(model: Any = "karlo", *, device: str = "auto", dtype: str = "auto", low_vram: bool = False,
+         offline: bool = False, on_notice: Callable[[str], None] | None = None) -> Any:
+    """Load a model by registry alias, hub id `owner/name[@revision]` or local folder (or a `sources.ModelSource`
+    that `sources.locate` resolved), downloading what loading needs on first use; an operation that needs more (the
+    image encoder of Karlo's variations) fetches it when it first runs.
 
-    return _load(model, **kwargs)
+    `device` is auto|cpu|cuda|mps and `dtype` auto|fp32|fp16|bf16 (auto: fp16 on accelerators, fp32 on the CPU). With
+    `low_vram`, networks wait on the CPU and only the running stage sits on the accelerator. With `offline`, nothing
+    is downloaded. `on_notice` receives one line per download, before its first byte. Raises `DalleError`s.
+    """
+    from .sources import ModelSource, locate
+
+    source = model if isinstance(model, ModelSource) else locate(str(model), offline=offline, on_notice=on_notice)
+    return source.family.load(source, device=device, dtype=dtype, low_vram=low_vram, on_notice=on_notice)

@@ -10,13 +10,13 @@ below: tensors that older library versions saved but that our modules compute in
 
 import json
 import re
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 from safetensors import safe_open
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .errors import CheckpointError
 from .registry import PICKLE_SUFFIXES
@@ -28,23 +28,16 @@ M = TypeVar("M", bound=nn.Module)
 IGNORED_KEYS = re.compile(r"(^|\.)position_ids$")
 
 
-# The torch.nn.init functions that modules' reset_parameters() call.
-_INITIALIZERS = ("normal_", "uniform_", "constant_", "ones_", "zeros_", "kaiming_uniform_", "kaiming_normal_",
-                 "xavier_uniform_", "xavier_normal_", "trunc_normal_")
+class _SkipInitialization(TorchFunctionMode):
+    """Make torch.nn.init's functions return their tensor untouched while a module is built for loading: its values
+    would be overwritten anyway, and initialising on the meta device imports torch._dynamo, which costs over a second
+    of start-up. A torch function mode is thread-local, so another thread building modules meanwhile still initialises
+    them."""
 
-
-@contextmanager
-def _skip_initialization() -> Iterator[None]:
-    """Make torch.nn.init a no-op while a module is built for loading: its values would be overwritten anyway, and
-    initialising on the meta device imports torch._dynamo, which costs over a second of start-up."""
-    saved = {name: getattr(nn.init, name) for name in _INITIALIZERS}
-    for name in _INITIALIZERS:
-        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else next(iter((kwargs or {}).values()))
+        return func(*args, **(kwargs or {}))
 
 
 def weight_files(folder: Path, component: str) -> list[Path]:
@@ -128,7 +121,7 @@ def load_weights(
     gradients off, on `device`. Raises `CheckpointError` naming the component
     and the first offending tensors when keys or shapes disagree with the module the config describes.
     """
-    with torch.device("meta"), _skip_initialization():
+    with torch.device("meta"), _SkipInitialization():
         module = build()
     state = read_state_dict(folder, component, dtype, device, prefixes)
     _check_keys(module, state, component)

@@ -20,9 +20,9 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("cuda")
         return torch.device("mps") if mps_available() else torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available to this torch build (see `dalle info`)")
+        raise UsageError("device 'cuda': no CUDA device is available to this torch build", hint="info")
     if name == "mps" and not mps_available():
-        raise UsageError("--device mps: Apple's MPS backend is not available on this machine")
+        raise UsageError("device 'mps': Apple's MPS backend is not available on this machine", hint="info")
     if name not in ("cpu", "cuda", "mps"):
         raise UsageError(f"unknown device {name!r} (choose auto, cpu, cuda or mps)")
     return torch.device(name)

@@ -1,14 +1,36 @@
 """Every failure the library reports is a `DalleError`; the CLI maps each subclass to an exit code.
 
 The library never prints and never exits: it raises one of these with a message that is a single clear line
-a user can act on.
+stating the fact. Where the caller can do something about it, the error also carries a `hint`, a word from the
+library's own vocabulary below, plus the facts the advice needs (`model`, say). A program turns a hint into its own
+advice (the CLI names its flags); the library never names a flag or a command.
+
+Hints:
+- "low_vram": less memory would do: keep one stage on the accelerator at a time (`load(..., low_vram=True)`), or
+  make fewer images at once.
+- "pull": the model (`facts["model"]`) must be downloaded while online before it can be used offline.
+- "offline": models already downloaded work without the network.
+- "vary": the model has no prior, so it makes variations of images only.
+- "info": the torch build and the devices it sees explain it.
 """
+
+from typing import Any
+
+HINTS = ("low_vram", "pull", "offline", "vary", "info")
 
 
 class DalleError(Exception):
-    """Base class of every error dalle reports to a user. `exit_code` is what the CLI exits with."""
+    """Base class of every error dalle reports to a user. `exit_code` is what the CLI exits with; `hint` is one of
+    `HINTS` or None, and `facts` hold the values the hint's advice needs."""
 
     exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, **facts: Any) -> None:
+        if hint is not None and hint not in HINTS:
+            raise ValueError(f"unknown hint {hint!r}")
+        super().__init__(message)
+        self.hint = hint
+        self.facts = facts
 
 
 class UsageError(DalleError):
@@ -30,7 +52,7 @@ class SchedulerError(UsageError):
 
 
 class ModelNotFoundError(UsageError):
-    """A model name that is neither a registry alias, a hub id nor a local directory."""
+    """A model name that is neither a registry alias, a hub id nor a local directory, or a folder dalle cannot run."""
 
 
 class DownloadError(DalleError):
@@ -38,4 +60,4 @@ class DownloadError(DalleError):
 
 
 class OutOfMemoryError(DalleError):
-    """The accelerator ran out of memory; the message suggests --low-vram or a smaller --batch-size."""
+    """The accelerator ran out of memory (hint "low_vram")."""

@@ -1,7 +1,6 @@
-"""Find a model's files on disk, downloading them from the Hugging Face Hub when needed.
+"""Fetch hub repos into the local cache, and say what is already there.
 
-A model spec is a registry alias (`karlo`), a local folder or a hub id `owner/name[@revision]`, tried in that order
-(write `./karlo` for a folder named like an alias). Downloads go through huggingface_hub into its standard cache, so
+Downloads go through huggingface_hub into its standard cache, so
 `HF_HOME`, `HF_HUB_CACHE`, `HF_ENDPOINT`, `HF_HUB_OFFLINE` and `HF_TOKEN` work as everywhere else. Only the files a
 registry entry lists are fetched (for other hub ids: JSON configs, tokenizer merges and `*.safetensors`), never pickle
 twins. The total size is announced before the first byte, and huggingface_hub resumes a dropped transfer with a Range
@@ -10,7 +9,6 @@ request. Every failure becomes a one-line `DalleError`. Importing this module do
 
 import errno
 import os
-import re
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,25 +18,11 @@ from typing import Callable, Iterator
 from huggingface_hub import constants  # light; the client and its HTTP stack (~0.3 s) load when a repo is touched
 
 from .errors import CheckpointError, DownloadError, ModelNotFoundError
-from .pipelines.api import ModelInfo, Settings
-from .registry import FORBIDDEN_SUFFIXES, PICKLE_SUFFIXES, Entry, format_size, load_registry
+from .registry import FORBIDDEN_SUFFIXES, PICKLE_SUFFIXES, Entry, Repo, format_size
 
 Notice = Callable[[str], None]
-HUB_ID = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(@(?P<revision>[\w./-]+))?")
 DEFAULT_FILES = ("*.json", "*merges.txt", "*.safetensors")  # for hub ids outside the registry
 NEVER = tuple(f"*{suffix}" for suffix in FORBIDDEN_SUFFIXES)
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A model on local disk: its folder in the diffusers hub layout (model_index.json and component folders), the
-    folder of a separate image encoder when one is downloaded (config.json, *.safetensors, preprocessor_config.json),
-    where it came from, and its default settings."""
-
-    folder: Path
-    image_encoder: Path | None
-    info: ModelInfo
-    defaults: Settings
 
 
 @dataclass(frozen=True)
@@ -73,10 +57,9 @@ def is_offline(offline: bool = False) -> bool:
     return offline or constants.is_offline_mode()
 
 
-def source_of(entry: Entry) -> Source:
-    """The hub repo of a registry entry with a `repo_id`."""
-    assert entry.repo_id is not None and entry.revision is not None
-    return Source(entry.alias, entry.repo_id, entry.revision, entry.files, entry.size_bytes, strict=True)
+def source_of(entry: Entry, repo: Repo) -> Source:
+    """One hub repo of a registry entry, named by the entry's alias in messages, with the entry's whole size."""
+    return Source(entry.alias, repo.repo_id, repo.revision, repo.files, entry.size_bytes, strict=True)
 
 
 def folder_size(folder: Path) -> int:
@@ -113,8 +96,8 @@ def _hub_errors(source: Source) -> Iterator[None]:
         hint = ": set HF_TOKEN to a token with access" if status in (401, 403) else ""
         raise DownloadError(f"the Hub answered {status} for {where}{hint}") from None
     except IncompleteSnapshotError:
-        raise DownloadError(f"{source.name} is only partly downloaded and the Hub cannot be reached: "
-                            f"run `dalle pull {source.name}` when online") from None
+        raise DownloadError(f"{source.name} is only partly downloaded and the Hub cannot be reached", hint="pull",
+                            model=source.name) from None
     except (LocalEntryNotFoundError, OSError) as e:
         if getattr(e, "errno", None) == errno.ENOSPC:
             raise DownloadError(f"the disk is full: {source.name} did not fit in {cache_dir()}") from None
@@ -124,8 +107,8 @@ def _hub_errors(source: Source) -> Iterator[None]:
         raise DownloadError(f"downloading {where} failed: {str(e).splitlines()[0]}") from None
     except httpx2.TransportError as e:  # connection refused or dropped, timeouts (after huggingface_hub's retries)
         raise DownloadError(f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else 'no answer'}); check the connection, or use "
-                            "--offline with a model you have pulled") from None
+                            f"{str(e).splitlines()[0] if str(e) else 'no answer'}); check the connection",
+                            hint="offline") from None
 
 
 def cached(source: Source) -> Status:
@@ -189,8 +172,7 @@ def fetch(source: Source, *, offline: bool, on_notice: Notice | None = None, why
     if is_offline(offline):
         state = "only partly downloaded" if status.state == "partial" else "not downloaded"
         needs = f": it needs {format_size(source.size_bytes)}" if source.size_bytes else ""
-        raise DownloadError(f"{source.name} is {state} and dalle is offline{needs}; run `dalle pull {source.name}` "
-                            "with a network connection first")
+        raise DownloadError(f"{source.name} is {state} and dalle is offline{needs}", hint="pull", model=source.name)
     with _hub_errors(source):
         commit, files = _plan(source)
         have = cache_dir() / repo_folder_name(repo_id=source.repo_id, repo_type="model") / "snapshots" / commit
@@ -208,71 +190,14 @@ def fetch(source: Source, *, offline: bool, on_notice: Notice | None = None, why
     return Path(folder)
 
 
-def _local(folder: Path, name: str, defaults: Settings) -> ResolvedModel:
-    if not (folder / "model_index.json").is_file():
-        raise ModelNotFoundError(f"{folder} is not a model folder (it has no model_index.json)")
-    return ResolvedModel(folder, None, ModelInfo(name=name, path=str(folder.resolve())), defaults)
-
-
-def _encoder(entry: Entry, download: bool, offline: bool, on_notice: Notice | None, why: str) -> Path | None:
-    """The folder of an image-encoder entry: fetched when `download`, else only if it is complete on disk."""
-    if entry.path is not None:
-        return entry.path if entry.path.is_dir() else None
-    if download:
-        return fetch(source_of(entry), offline=offline, on_notice=on_notice, why=why)
-    return cached(source_of(entry)).folder
-
-
-def prepare(spec: str, *, offline: bool = False, on_notice: Notice | None = None, image_encoder: bool = False,
-            why: str = "", encoders: bool = False) -> ResolvedModel:
-    """Resolve `spec` to local files, downloading the model (and, with `image_encoder`, the separate image encoder its
-    registry entry names) when missing. Raises `ModelNotFoundError` for a spec that is no alias, folder or hub id,
-    and for an image-encoder alias unless `encoders` (as for `dalle pull`)."""
-    registry = load_registry()
-    entry = registry.get(spec)
-    if entry is None:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            return _local(path, path.resolve().name, Settings())
-        match = HUB_ID.fullmatch(spec)
-        if match is None:
-            known = ", ".join(alias for alias, e in registry.items() if e.kind == "unclip")
-            raise ModelNotFoundError(f"unknown model {spec!r}: not a registry alias ({known}), a hub id owner/name"
-                                     "[@revision] or a local folder")
-        source = Source(spec, match["repo"], match["revision"] or "main", DEFAULT_FILES)
-        folder = fetch(source, offline=offline, on_notice=on_notice, why=why)
-        return ResolvedModel(folder, None, ModelInfo(spec, source.repo_id, folder.name, str(folder)), Settings())
-    if entry.path is not None:
-        if not entry.path.is_dir():
-            raise ModelNotFoundError(f"model {spec!r} is not in this checkout: {entry.path} does not exist")
-        return _local(entry.path, spec, entry.defaults)
-    if entry.kind == "image_encoder" and not encoders:
-        users = [alias for alias, e in registry.items() if e.image_encoder == spec]
-        raise ModelNotFoundError(f"{spec} is the image encoder of {', '.join(users) or 'no model'}, not a model to "
-                                 "run by itself")
-    folder = fetch(source_of(entry), offline=offline, on_notice=on_notice, why=why)
-    encoder_entry = registry[entry.image_encoder] if entry.image_encoder else None
-    encoder = _encoder(encoder_entry, image_encoder, offline, on_notice, why) if encoder_entry else None
-    extras = {}
-    if encoder is not None and encoder_entry is not None:
-        extras["image_encoder"] = f"{encoder_entry.repo_id}@{encoder.name}" if encoder_entry.repo_id else str(encoder)
-    info = ModelInfo(spec, repo_id=entry.repo_id, revision=folder.name, path=str(folder), extras=extras)
-    return ResolvedModel(folder, encoder, info, entry.defaults)
-
-
-def resolve(spec: str, *, offline: bool = False, on_notice: Notice | None = None) -> ResolvedModel:
-    """The model `spec` names, on local disk, downloading it on first use (with a notice saying so and its size).
-
-    The image encoder of a registry model is included when it is already downloaded (`dalle vary` fetches it first
-    through `prepare`). Raises `ModelNotFoundError` (exit 2) for an unknown spec and `DownloadError` for failures.
-    """
-    return prepare(spec, offline=offline, on_notice=on_notice, why=" on first use")
-
-
 def status(entry: Entry) -> Status:
-    """What a registry entry has on disk, without network access."""
+    """What a registry entry has on disk, all its repos together, without network access; `folder` is its first
+    repo's (or its local folder)."""
     if entry.path is not None:
         present = entry.path.is_dir()
         return Status("downloaded" if present else "missing", folder_size(entry.path) if present else 0,
                       entry.path if present else None)
-    return cached(source_of(entry))
+    found = [cached(source_of(entry, repo)) for repo in entry.repos.values()]
+    states = {s.state for s in found}
+    state = states.pop() if len(states) == 1 else "partial"
+    return Status(state, sum(s.size for s in found), found[0].folder if state == "downloaded" else None)

@@ -1,12 +1,17 @@
 """The model registry: the models dalle knows by name, read from `weights/registry.json` without importing torch.
 
-Each entry of the file's `models` object maps an alias to either
-- a hub repo: `repo_id`, `revision` (a commit sha; a branch only with an `unpinned` key saying why), and `files`, the
-  exact paths or fnmatch patterns to fetch: configs, tokenizer files and `*.safetensors`, never pickle formats; or
+Each entry of the file's `models` object maps an alias to a model made of one or more hub repos, or to a local folder:
+- one hub repo: `repo_id`, `revision` (a commit sha; a branch only with an `unpinned` key saying why) and `files`, the
+  exact paths or fnmatch patterns to fetch: configs, tokenizer files and `*.safetensors`, never pickle formats;
+- several hub repos: `repos`, an object from each part's role (the family's roles: "prior", "decoder", ...) to an
+  object with those three keys (and `unpinned`);
 - a local folder: `path`, relative to the registry file's folder.
-and carries `description`, `license`, `size_bytes` (with `size_exact`), the default sampling settings `defaults`
-(missing keys take Karlo's), `kind` ("unclip", the default, or "image_encoder") and, for unCLIP models without an image
-encoder of their own, `image_encoder`: the alias of the encoder `dalle vary` uses. Keys starting with `_` are notes.
+
+Every entry may carry `family` (the model family, default "unclip"), `description`, `license`, `size_bytes` (all its
+repos together, with `size_exact`), the default sampling settings `defaults` (checked against the family's settings;
+missing keys take the family's, or those of the folder's `dalle.json`), `kind` ("model", the default, or
+"image_encoder") and, for unCLIP models without an image encoder of their own, `image_encoder`: the alias of the
+encoder their variations use. Keys starting with `_` are notes.
 
 `DALLE_REGISTRY` names another registry file (used by the tests, and for private model collections).
 """
@@ -14,12 +19,13 @@ encoder of their own, `image_encoder`: the alias of the encoder `dalle vary` use
 import json
 import os
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DalleError
-from .pipelines.api import Settings
+from .families import FAMILIES, family_named
+from .settings import Settings
 
 # weights/ ships inside the package as dalle_cli/weights in a wheel (see pyproject.toml); in a checkout, and so in an
 # editable install, it sits beside the package.
@@ -30,28 +36,42 @@ COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 # Weight formats dalle never downloads: pickles (which can run arbitrary code when loaded) and other frameworks' twins.
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 FORBIDDEN_SUFFIXES = (*PICKLE_SUFFIXES, ".msgpack", ".h5", ".onnx", ".gguf")
-KINDS = ("unclip", "image_encoder")
-ENTRY_KEYS = {"description", "repo_id", "revision", "unpinned", "files", "path", "license", "size_bytes", "size_exact",
-              "defaults", "kind", "image_encoder"}
+KINDS = ("model", "image_encoder")
+REPO_KEYS = {"repo_id", "revision", "unpinned", "files"}
+ENTRY_KEYS = {*REPO_KEYS, "repos", "description", "path", "license", "size_bytes", "size_exact", "defaults", "family",
+              "kind", "image_encoder"}
+
+
+@dataclass(frozen=True)
+class Repo:
+    """One pinned hub repo of a registry entry and the files dalle fetches from it."""
+
+    repo_id: str
+    revision: str
+    files: tuple[str, ...]
+    unpinned: str | None = None
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One registry alias. Exactly one of `repo_id` (a hub model) and `path` (a local folder) is set."""
+    """One registry alias: either `repos` (role -> hub repo) or a local folder `path` is set."""
 
     alias: str
+    family: str = "unclip"
     description: str = ""
-    repo_id: str | None = None
-    revision: str | None = None
-    unpinned: str | None = None
-    files: tuple[str, ...] = ()
+    repos: dict[str, Repo] = field(default_factory=dict)
     path: Path | None = None
     license: str = "unknown"
     size_bytes: int = 0
     size_exact: bool = False
-    defaults: Settings = Settings()
-    kind: str = "unclip"
+    defaults: dict[str, Any] = field(default_factory=dict)
+    kind: str = "model"
     image_encoder: str | None = None
+
+    def settings(self, base: Settings | None = None) -> Settings:
+        """The entry's default settings over `base` (the family's defaults when None)."""
+        base = base or FAMILIES[self.family].settings()
+        return base.updated(self.defaults, f"registry entry {self.alias!r} defaults", ConfigError)
 
 
 def registry_path() -> Path:
@@ -65,21 +85,38 @@ def is_int_in(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def apply_settings(base: Settings, raw: dict[str, Any], where: str, error: type[DalleError] = ConfigError) -> Settings:
-    """`base` with the sampling keys of `raw` replaced. Step counts must be integers from 2 to 1000 and guidance
-    scales numbers of at least 1 (1 turns guidance off). Raises `error`, its message starting with `where`, for an
-    unknown key or a bad value."""
-    names = [f.name for f in fields(Settings)]
-    unknown = sorted(set(raw) - set(names))
-    if unknown:
-        raise error(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(names)})")
-    for key, value in raw.items():
-        if key.endswith("_steps"):
-            if not is_int_in(value, 2, 1000):
-                raise error(f"{where}: {key} must be an integer from 2 to 1000, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1.0:
-            raise error(f"{where}: {key} must be a number of at least 1 (1 turns guidance off), got {value!r}")
-    return replace(base, **{key: (value if key.endswith("_steps") else float(value)) for key, value in raw.items()})
+def _repo(raw: dict[str, Any], where: str) -> Repo:
+    revision = raw.get("revision")
+    if "repo_id" not in raw or not isinstance(raw["repo_id"], str):
+        raise ConfigError(f"{where}: repo_id must be a hub id owner/name")
+    if not isinstance(revision, str) or not (COMMIT_SHA.fullmatch(revision) or raw.get("unpinned")):
+        raise ConfigError(f"{where}: revision must be a 40-hex commit sha (or say why not in 'unpinned')")
+    files = raw.get("files")
+    if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+        raise ConfigError(f"{where}: files must be a non-empty list of paths or patterns")
+    banned = [f for f in files if f.lower().endswith(FORBIDDEN_SUFFIXES)]
+    if banned:
+        raise ConfigError(f"{where}: {banned[0]} is a pickle or foreign weight format; list *.safetensors instead")
+    return Repo(raw["repo_id"], revision, tuple(files), raw.get("unpinned"))
+
+
+def _repos(values: dict[str, Any], kind: str, family: str, where: str) -> dict[str, Repo]:
+    """The hub repos of an entry by role: one repo given inline takes the family's first role (or "image_encoder")."""
+    inline = {k: values.pop(k) for k in REPO_KEYS & set(values)}
+    if "repos" not in values:
+        role = "image_encoder" if kind == "image_encoder" else FAMILIES[family].roles[0]
+        return {role: _repo(inline, where)}
+    if inline:
+        raise ConfigError(f"{where}: give repo_id, revision and files inside repos, not beside it")
+    raw = values.pop("repos")
+    roles = FAMILIES[family].roles
+    if not isinstance(raw, dict) or not raw or not all(isinstance(r, dict) for r in raw.values()):
+        raise ConfigError(f"{where}: repos must map each part's role to an object with repo_id, revision and files")
+    strange = sorted(set(raw) - set(roles))
+    if strange:
+        raise ConfigError(f"{where}: repos has a part {strange[0]!r}, which the {family} family does not have "
+                          f"(its parts: {', '.join(roles)})")
+    return {role: _repo(repo, f"{where} repos.{role}") for role, repo in raw.items()}
 
 
 def _entry(alias: str, raw: Any, folder: Path) -> Entry:
@@ -90,25 +127,26 @@ def _entry(alias: str, raw: Any, folder: Path) -> Entry:
     unknown = sorted(set(values) - ENTRY_KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}")
-    if ("repo_id" in values) == ("path" in values):
-        raise ConfigError(f"{where}: give exactly one of repo_id (a hub model) and path (a local folder)")
-    if values.get("kind", "unclip") not in KINDS:
+    if ("repo_id" in values or "repos" in values) == ("path" in values):
+        raise ConfigError(f"{where}: give exactly one of repo_id or repos (a hub model) and path (a local folder)")
+    kind = values.get("kind", "model")
+    if kind not in KINDS:
         raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}")
-    if "repo_id" in values:
-        revision = values.get("revision")
-        if not isinstance(revision, str) or not (COMMIT_SHA.fullmatch(revision) or values.get("unpinned")):
-            raise ConfigError(f"{where}: revision must be a 40-hex commit sha (or say why not in 'unpinned')")
-        files = values.get("files")
-        if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
-            raise ConfigError(f"{where}: files must be a non-empty list of paths or patterns")
-        banned = [f for f in files if f.lower().endswith(FORBIDDEN_SUFFIXES)]
-        if banned:
-            raise ConfigError(f"{where}: {banned[0]} is a pickle or foreign weight format; list *.safetensors instead")
-        values["files"] = tuple(files)
-    else:
+    try:
+        family = family_named(values.get("family", "unclip"), where).name
+    except DalleError as e:
+        raise ConfigError(str(e)) from None
+    values["family"] = family
+    if "path" in values:
         values["path"] = folder / values["path"]
-    values["defaults"] = apply_settings(Settings(), values.get("defaults", {}), f"{where} defaults")
-    return Entry(alias=alias, **values)
+    else:
+        values["repos"] = _repos(values, kind, family, where)
+    defaults = values.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{where}: defaults must be a JSON object")
+    entry = Entry(alias=alias, **values)
+    entry.settings()  # check the defaults now, against the family's settings
+    return entry
 
 
 def load_registry(path: Path | None = None) -> dict[str, Entry]:

@@ -12,7 +12,7 @@ from torch import nn
 from dalle_cli.checkpoint import load_weights
 from dalle_cli.configs import from_config
 from dalle_cli.errors import CheckpointError, ConfigError
-from dalle_cli.pipelines.components import load_components
+from dalle_cli.families.unclip.components import load_components
 from dalle_cli.models.text_proj import TextProjConfig
 
 CPU = torch.device("cpu")

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from dalle_cli import __version__
 from dalle_cli.cli import Display, app
-from dalle_cli.outputs import read_record
-from dalle_cli.pipelines.api import Progress
-from dalle_cli.pipelines.unclip import UnCLIP
+from dalle_cli.cli.outputs import read_record
+from dalle_cli.api import Progress
+from dalle_cli.families.unclip.pipeline import UnCLIP
 
 STEPS = ["--prior-steps", "2", "--decoder-steps", "2", "--sr-steps", "2"]
 
@@ -166,10 +166,10 @@ def test_a_long_prompt_is_cut_with_a_warning_and_still_made(tiny_karlo: Path, tm
 
 def test_cuda_out_of_memory_is_one_line_with_advice(tiny_karlo: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    def oom(*args: object) -> None:
+    def oom(*args: object, **kwargs: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(UnCLIP, "_generate", oom)
+    monkeypatch.setattr(UnCLIP, "prior", oom)
     result = dalle("gen", "a cat", "-m", tiny_karlo, "-o", tmp_path, *STEPS)
     one_error_line(result, 1, "ran out of memory: try --low-vram or a smaller --batch-size")
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dalle_cli.batch import Prompt, batches, parse_prompts, plan_prompts, read_prompt_file
+from dalle_cli.cli.batch import Prompt, batches, parse_prompts, plan_prompts, read_prompt_file
 from dalle_cli.errors import ConfigError, DalleError, UsageError
-from dalle_cli.naming import DEFAULT_TEMPLATE, check_template, render_name, slugify
-from dalle_cli.outputs import contact_sheet, ensure_writable, grid_columns, read_record, write_png
-from dalle_cli.pipelines.api import Settings
-from dalle_cli.registry import DEFAULT_PATH, COMMIT_SHA, apply_settings, format_size, load_registry
+from dalle_cli.cli.naming import DEFAULT_TEMPLATE, check_template, render_name, slugify
+from dalle_cli.cli.outputs import contact_sheet, ensure_writable, grid_columns, read_record, write_png
+from dalle_cli.families.unclip.settings import UnCLIPSettings as Settings
+from dalle_cli.registry import DEFAULT_PATH, COMMIT_SHA, format_size, load_registry
+from dalle_cli.sources import locate
 
 from reference import REFERENCE
 
@@ -59,7 +60,7 @@ def test_empty_prompt_files_are_errors(tmp_path: Path) -> None:
 
 def test_plan_gives_image_i_seed_plus_i_and_prompt_overrides() -> None:
     prompts = [Prompt("a red circle", "a"), Prompt("a blue square", "b", seed=100, n=3, settings={"sr_steps": 3})]
-    jobs = plan_prompts(prompts, Settings(2, 2, 2), seed=7, n=2, template=DEFAULT_TEMPLATE, model="karlo")
+    jobs = plan_prompts(prompts, Settings(2, 2, 2), seed=7, n=2, template=DEFAULT_TEMPLATE, source=locate("karlo"))
     assert [(j.index, j.item, j.i, j.seed) for j in jobs] == [(0, 0, 0, 7), (1, 0, 1, 8), (2, 1, 0, 100),
                                                                (3, 1, 1, 101), (4, 1, 2, 102)]
     assert jobs[3].name == "0003-a-blue-square-101.png"
@@ -67,7 +68,7 @@ def test_plan_gives_image_i_seed_plus_i_and_prompt_overrides() -> None:
     # One engine call per batch: batches never mix settings, and keep the run's order within a setting.
     assert [[j.index for j in b] for b in batches(jobs, 2)] == [[0, 1], [2, 3], [4]]
     with pytest.raises(UsageError, match="same file name"):
-        plan_prompts([prompts[0], prompts[0]], Settings(), seed=7, n=2, template="{slug}-{i}", model="karlo")
+        plan_prompts([prompts[0], prompts[0]], Settings(), seed=7, n=2, template="{slug}-{i}", source=locate("karlo"))
 
 
 def test_names_and_slugs() -> None:
@@ -131,19 +132,20 @@ def test_contact_sheet_layout() -> None:
 def test_registry_entries() -> None:
     registry = load_registry(DEFAULT_PATH)
     karlo = registry["karlo"]
-    assert karlo.repo_id == "kakaobrain/karlo-v1-alpha" and COMMIT_SHA.fullmatch(karlo.revision)
-    assert karlo.defaults == Settings(25, 25, 7, 4.0, 8.0)
+    repo = karlo.repos["model"]
+    assert repo.repo_id == "kakaobrain/karlo-v1-alpha" and COMMIT_SHA.fullmatch(repo.revision)
+    assert karlo.family == "unclip" and karlo.settings() == Settings(25, 25, 7, 4.0, 8.0)
     assert format_size(karlo.size_bytes) == "13.7 GB"
     assert karlo.license == "creativeml-openrail-m"
     # Every file Karlo needs, as the reference file tree lists it, and no pickle twin.
     listed = (REFERENCE / "kakaobrain__karlo-v1-alpha" / "FILES.md").read_text()
-    for name in karlo.files:
+    for name in repo.files:
         assert f"| {name} |" in listed
-    assert not [f for f in karlo.files if not f.endswith((".json", ".txt", ".safetensors"))]
+    assert not [f for f in repo.files if not f.endswith((".json", ".txt", ".safetensors"))]
     encoder = registry[karlo.image_encoder]
-    assert encoder.kind == "image_encoder" and encoder.repo_id == "openai/clip-vit-large-patch14"
-    assert set(encoder.files) == {"config.json", "preprocessor_config.json", "model.safetensors"}
-    assert COMMIT_SHA.fullmatch(encoder.revision)
+    assert encoder.kind == "image_encoder" and encoder.repos["image_encoder"].repo_id == "openai/clip-vit-large-patch14"
+    assert set(encoder.repos["image_encoder"].files) == {"config.json", "preprocessor_config.json", "model.safetensors"}
+    assert COMMIT_SHA.fullmatch(encoder.repos["image_encoder"].revision)
     assert registry["shapes"].path == DEFAULT_PATH.parent / "shapes"
 
 
@@ -164,8 +166,8 @@ def test_registry_validation(tmp_path: Path, entry: dict, message: str) -> None:
 
 
 def test_settings_overrides() -> None:
-    assert apply_settings(Settings(), {"prior_steps": 3, "decoder_guidance": 2}, "x") == \
+    assert Settings().updated({"prior_steps": 3, "decoder_guidance": 2}, "x") == \
         Settings(prior_steps=3, decoder_guidance=2.0)
     for raw in ({"prior_steps": 2.5}, {"sr_steps": True}, {"prior_guidance": 0.5}, {"sr_steps": 1001}):
         with pytest.raises(UsageError):
-            apply_settings(Settings(), raw, "x", UsageError)
+            Settings().updated(raw, "x", UsageError)

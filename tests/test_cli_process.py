@@ -53,8 +53,8 @@ def test_a_shipped_model_resolves_without_the_hub_client(tmp_path: Path) -> None
     start-up (about 0.3 s of the 3 s the issue allows)."""
     code = (
         "import sys\n"
-        "from dalle_cli.hub import resolve\n"
-        "assert resolve('shapes').folder.name == 'shapes'\n"
+        "from dalle_cli.sources import locate\n"
+        "assert locate('shapes').folder('model').name == 'shapes'\n"
         "print('loaded:', [m for m in ('httpx2', 'huggingface_hub.hf_api', 'huggingface_hub._snapshot_download')\n"
         "                  if m in sys.modules])\n"
     )

@@ -1,13 +1,13 @@
 """The unCLIP schedule and sampler against diffusers' `UnCLIPScheduler` and the unCLIP pipelines' loops."""
 
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import UnCLIPScheduler
 
 from dalle_cli.configs import from_config, read_json
-from dalle_cli.diffusion.sampler import guide, needs_noise, sample, step
+from dalle_cli.diffusion.guidance import guide
+from dalle_cli.diffusion.sampler import needs_noise, sample, step
 from dalle_cli.diffusion.schedule import SchedulerConfig, noise_schedule, timesteps
 from dalle_cli.errors import ConfigError, SchedulerError
 from reference import KARLO

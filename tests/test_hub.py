@@ -162,6 +162,48 @@ def test_after_a_pull_nothing_is_fetched_again_and_offline_gen_works(pulled, hub
     assert hub.log[seen:] == []  # offline means not a single request
 
 
+LIBRARY_VARY = """
+import json, sys
+from PIL import Image
+import dalle_cli
+
+notes = []
+model = dalle_cli.load("tiny", on_notice=notes.append)
+loaded = list(notes)
+[image] = model.vary([Image.open(sys.argv[1])], [9])
+image.save(sys.argv[2])
+print(json.dumps({"at_load": loaded, "notes": notes, "extras": model.info.extras}))
+"""
+
+
+def test_the_library_loads_an_alias_and_varies_from_a_fresh_cache(hub: FakeHub, repos: dict[str, Repo],
+                                                                   registry: Path, tiny_karlo: Path,
+                                                                   tmp_path: Path) -> None:
+    """`dalle_cli.load("tiny").vary(...)` with nothing downloaded: loading fetches the model, the first variation
+    fetches the separate image encoder the registry names (announced to `on_notice`), and the variation equals the
+    one made from the tiny model's own folder, whose image encoder holds the same weights."""
+    picture = tmp_path / "picture.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(picture)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "DALLE_"))}
+    environment.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=hub.endpoint, DALLE_REGISTRY=str(registry),
+                       PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", LIBRARY_VARY, str(picture), str(tmp_path / "made.png")],
+                            env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert [note.split(":")[0] for note in report["at_load"]] == ["downloading tiny on first use"]
+    assert [note.split(":")[0] for note in report["notes"]] == ["downloading tiny on first use",
+                                                                "downloading tiny-clip on first use"]
+    assert report["extras"] == {"image_encoder": f"dalle-test/tiny-clip@{repos['tiny-clip'].commit}"}
+
+    from dalle_cli import load
+    from dalle_cli.families.unclip.settings import UnCLIPSettings
+
+    local = load(str(tiny_karlo), device="cpu")
+    [expected] = local.vary([Image.open(picture)], [9], UnCLIPSettings(prior_steps=2, decoder_steps=2, sr_steps=2))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "made.png")), np.asarray(expected))
+
+
 def openai_style_clip(tiny_karlo: Path, folder: Path) -> dict[str, bytes]:
     """A stand-in of openai/clip-vit-large-patch14 at toy size: a full CLIPModel (both towers, the vision tower and
     projection copied from the tiny model's image encoder) and the legacy CLIPFeatureExtractor preprocessor config."""
@@ -187,7 +229,7 @@ def test_the_real_karlo_entries_pull_and_vary_offline(tiny_karlo: Path, tmp_path
     from dalle_cli.registry import DEFAULT_PATH, load_registry
 
     entries = load_registry(DEFAULT_PATH)
-    karlo, clip = entries["karlo"], entries[entries["karlo"].image_encoder]
+    karlo, clip = entries["karlo"].repos["model"], entries[entries["karlo"].image_encoder].repos["image_encoder"]
     everything = folder_files(tiny_karlo)
     model = {p: c for p, c in everything.items() if not p.startswith(("image_encoder/", "feature_extractor/"))}
     repos = [Repo(karlo.repo_id, with_twins(model), commit=karlo.revision),

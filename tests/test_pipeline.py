@@ -11,9 +11,10 @@ from diffusers import UnCLIPImageVariationPipeline
 from PIL import Image
 
 from dalle_cli.errors import SchedulerError, UsageError
-from dalle_cli.pipelines.api import ModelInfo, Settings
-from dalle_cli.pipelines.components import load_components
-from dalle_cli.pipelines.unclip import UnCLIP
+from dalle_cli.api import ModelInfo
+from dalle_cli.families.unclip.settings import UnCLIPSettings as Settings
+from dalle_cli.families.unclip.components import load_components
+from dalle_cli.families.unclip.pipeline import UnCLIP
 
 CPU = torch.device("cpu")
 

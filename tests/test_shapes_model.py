@@ -20,11 +20,12 @@ from dalle_cli.models.clip_vision import CLIPVisionConfig, CLIPVisionEncoder
 from dalle_cli.models.prior import PriorConfig, PriorTransformer
 from dalle_cli.models.text_proj import TextProjConfig, TextProjection
 from dalle_cli.models.unet import UNet, UNetConfig
-from dalle_cli.pipelines.api import Settings
-from dalle_cli.pipelines.unclip import UnCLIP, load
-from dalle_cli.shapes import train_export
+from dalle_cli.families.unclip.settings import UnCLIPSettings as Settings
+from dalle_cli import load
+from dalle_cli.families.unclip.pipeline import UnCLIP
 from dalle_cli.shapes.evaluate import score
 from dalle_cli.tokenizer import Tokenizer
+from recipes.shapes import train_export
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "shapes"
 COMPONENTS = ("text_encoder", "image_encoder", "prior", "text_proj", "decoder", "super_res_first", "super_res_last")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from dalle_cli.pipelines.api import Settings
-from dalle_cli.pipelines.unclip import load
-from dalle_cli.shapes import train
+from dalle_cli.families.unclip.settings import UnCLIPSettings as Settings
+from dalle_cli import load
 from dalle_cli.shapes.evaluate import score
-from dalle_cli.shapes.train_data import OPPOSITE, hard_negative, sample_contrast_batch
 from dalle_cli.shapes.world import HELD_OUT, CaptionSpec, ObjectSpec, parse_caption, sample_scene
+from recipes.shapes import train
+from recipes.shapes.train_data import OPPOSITE, hard_negative, sample_contrast_batch
 
 
 def changed(caption: CaptionSpec, negative: CaptionSpec) -> list[str]:
@@ -75,12 +75,18 @@ def test_contrast_batches_pair_each_scene_with_a_true_twin() -> None:
 
 
 def test_recipe_writes_the_shipped_layout_and_records_a_replay(tmp_path: Path) -> None:
-    """Two steps per stage: every file the shipped model has is written, `recipe.json` records the steps taken as
-    a replay line, and the folder loads through the normal loader and generates."""
+    """Two steps per stage: every file the shipped model has is written (dalle.json, the folder's own sampling
+    defaults, among them), `recipe.json` records the steps taken as a replay line, and the folder loads through the
+    normal loader and generates."""
     out = tmp_path / "shapes"
     assert train.main(["--out", str(out), "--seed", "3", "--steps", "2,2,2,2", "--minutes", "60"]) == 0
     shipped = Path(__file__).resolve().parent.parent / "weights" / "shapes"
     assert {p.relative_to(out) for p in out.rglob("*")} == {p.relative_to(shipped) for p in shipped.rglob("*")}
+    settings = (out / "dalle.json").read_text(encoding="utf-8")
+    assert settings == (shipped / "dalle.json").read_text(encoding="utf-8")
+    assert json.loads(settings)["family"] == "unclip"
+    assert json.loads(settings)["defaults"] == {"prior_steps": 15, "decoder_steps": 15, "sr_steps": 7,
+                                                "prior_guidance": 2.0, "decoder_guidance": 2.0}
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["steps"] == dict.fromkeys(train.STAGES, 2)
     assert recipe["replay"] == "--seed 3 --steps 2,2,2,2 --minutes 10000"

@@ -16,7 +16,8 @@ import pytest
 from transformers import CLIPTokenizer
 
 from dalle_cli.errors import CheckpointError, UsageError
-from dalle_cli.tokenizer import BYTE_TO_UNICODE, Tokenizer, learn_bpe, normalize, pre_tokenize, save_tokenizer_files
+from dalle_cli.tokenizer import BYTE_TO_UNICODE, Tokenizer, normalize, pre_tokenize
+from recipes.shapes.bpe import learn_bpe, save_tokenizer_files
 
 KARLO = Path(__file__).parent / "data" / "clip_tokenizer"
 # openai/clip-vit-large-patch14's special_tokens_map.json: CLIP pads with its end-of-text token.

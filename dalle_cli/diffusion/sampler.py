@@ -19,7 +19,6 @@ the loop and move it in one copy, for instance). This module never imports model
 
 from typing import Callable
 
-import torch
 from torch import Tensor
 
 from ..errors import SchedulerError
@@ -36,28 +35,6 @@ def needs_noise(t: int) -> bool:
     A stage of n steps therefore takes n - 1 noise tensors (`timesteps` always ends with t = 0).
     """
     return t > 0
-
-
-def guide(model_output: Tensor, scale: float, learned_variance: bool = False) -> Tensor:
-    """Classifier-free guidance (Ho & Salimans, 2022): uncond + scale · (cond - uncond), as the unCLIP pipelines do.
-
-    `model_output` is the output for the doubled batch [unconditional; conditional], shape (2B, ...); returns (B, ...).
-    - prior (`learned_variance=False`): the whole predicted image embedding is guided.
-    - decoder (`learned_variance=True`): the output holds 2C channels, [ε | variance values]; only ε is guided and
-      the conditional half's variance values are kept, so the result is [guided ε | conditional variance].
-    The formula is applied for every scale, 1 included: the reference runs the doubled batch for both the prior and
-    the decoder as soon as either stage's scale is above 1, and then a stage with scale 1 computes
-    uncond + 1 · (cond - uncond), which is not bit-equal to cond. Whether to double the batch is the caller's choice.
-    """
-    if model_output.shape[0] % 2:
-        raise SchedulerError(f"guidance needs an [unconditional; conditional] batch, got batch {model_output.shape[0]}")
-    uncond, cond = model_output.chunk(2)  # (B, ...) each
-    if not learned_variance:
-        return uncond + scale * (cond - uncond)
-    channels = cond.shape[1] // 2
-    eps_uncond, _ = uncond.split(channels, dim=1)  # (B, C, H, W)
-    eps_cond, variance_values = cond.split(channels, dim=1)
-    return torch.cat([eps_uncond + scale * (eps_cond - eps_uncond), variance_values], dim=1)  # (B, 2C, H, W)
 
 
 def step(
@@ -142,7 +119,7 @@ def sample(
     """Run the ancestral sampler from x = x_T over `steps` (from `timesteps(...)`) and return the final sample.
 
     At step i (timestep t = steps[i]) the loop calls `denoise(x, t, i)` for the model output (guided already, see
-    `guide`; `i` lets the super-resolution stage swap in its last-step network at i = len(steps) - 1), then
+    `guidance.guide`; `i` lets the super-resolution stage swap in its last-step network at i = len(steps) - 1), then
     `noise_fn(i)` if `needs_noise(t)`, i.e. for every step but the last, in that order, which is the order the
     reference draws its random numbers in. `on_step(i, t, x)` sees each new sample (progress bars, previews).
     The loop itself reads nothing back from the device.

@@ -17,15 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..configs import from_config
-from ..models.clip_text import CLIPTextConfig, CLIPTextEncoder
-from ..models.clip_vision import CLIPVisionConfig, CLIPVisionEncoder
-from ..models.prior import PriorConfig, PriorTransformer
-from ..tokenizer import Tokenizer, learn_bpe, save_tokenizer_files
+from dalle_cli.configs import from_config
+from dalle_cli.models.clip_text import CLIPTextConfig, CLIPTextEncoder
+from dalle_cli.models.clip_vision import CLIPVisionConfig, CLIPVisionEncoder
+from dalle_cli.models.prior import PriorConfig, PriorTransformer
+from dalle_cli.shapes.world import sample_scene
+from dalle_cli.tokenizer import Tokenizer
+
+from .bpe import learn_bpe, save_tokenizer_files
 from .train_common import EMA, ForwardProcess, Optimizer, StageBudget, init_transformer, run_stage
 from .train_data import clip_features, clip_pixels, downsample, sample_batch, sample_contrast_batch, tokenize
 from .train_export import MAX_LENGTH, VOCAB_SIZE, image_encoder_config, prior_config, text_encoder_config
-from .world import sample_scene
 
 CORPUS_SIZE = 20000
 CLIP_BATCH = 128

@@ -7,7 +7,8 @@ widths are chosen so that all weights fit in 25 MB of fp16 safetensors and train
 time budget. Three deliberate differences from Karlo: the decoder and the super-resolution stage predict x_0
 (`prediction_type: sample`, see `train_diffusion.py`) instead of ε; the decoder has a fixed variance
 (`variance_type: fixed_small_log`, 3 output channels) instead of a learned range; and the super-resolution stage
-ships the same weights as `super_res_first` and `super_res_last`.
+ships the same weights as `super_res_first` and `super_res_last`. Next to Karlo's files the folder holds `dalle.json`,
+dalle's own settings for it: the model family and the default sampling settings.
 """
 
 import json
@@ -18,7 +19,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from dalle_cli.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
 from .train_data import DECODER_SIZE, IMAGE_SIZE
 
 EMBED = 128  # CLIP width, CLIP projection, prior embedding (768 in Karlo)
@@ -116,6 +118,17 @@ def scheduler_config(prediction_type: str, clip_sample_range: float) -> dict[str
 SCHEDULERS = {"prior_scheduler": scheduler_config("sample", 5.0), "decoder_scheduler": scheduler_config("sample", 1.0),
               "super_res_scheduler": scheduler_config("sample", 1.0)}
 
+# The sampling defaults were chosen on validation seeds for the shipped weights (guidance 2/2 followed prompts best of
+# 2/2, 4/4 and 2/1, at 15 + 15 + 7 steps; see the README's shapes section), so a folder the recipe writes samples as
+# `dalle gen -m shapes` does.
+DALLE_SETTINGS: dict[str, Any] = {
+    "_about": "dalle's settings for this model folder: its family and default sampling settings "
+              "(see dalle_cli/sources.py)",
+    "family": "unclip",
+    "defaults": {"prior_steps": 15, "decoder_steps": 15, "sr_steps": 7, "prior_guidance": 2.0,
+                 "decoder_guidance": 2.0},
+}
+
 MODEL_INDEX = {
     "_class_name": "UnCLIPPipeline", "_diffusers_version": DIFFUSERS_VERSION,
     "decoder": ["diffusers", "UNet2DConditionModel"], "decoder_scheduler": ["diffusers", "UnCLIPScheduler"],
@@ -127,9 +140,11 @@ MODEL_INDEX = {
 }
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any], sort_keys: bool = True) -> None:
+    """Write `data` to `path` (parents created) as JSON indented by 2 with a final newline; keys sorted, as
+    `save_pretrained` writes hub configs, unless `sort_keys` is false."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n", encoding="utf-8")
 
 
 def save_component(folder: Path, config: dict[str, Any], module: nn.Module, library: str) -> None:
@@ -141,8 +156,10 @@ def save_component(folder: Path, config: dict[str, Any], module: nn.Module, libr
 
 
 def write_static_files(out: Path) -> None:
-    """The files that hold no weights: model_index.json, the three scheduler configs, the feature extractor."""
+    """The files that hold no weights: model_index.json, the three scheduler configs, the feature extractor, and
+    dalle.json (in DALLE_SETTINGS' own key order, which reads as documentation)."""
     write_json(out / "model_index.json", MODEL_INDEX)
+    write_json(out / "dalle.json", DALLE_SETTINGS, sort_keys=False)
     for name, config in SCHEDULERS.items():
         write_json(out / name / "scheduler_config.json", config)
     write_json(out / "feature_extractor" / "preprocessor_config.json", feature_extractor_config())

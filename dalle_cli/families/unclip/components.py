@@ -10,17 +10,17 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_weights
-from ..configs import from_config, read_json
-from ..diffusion.schedule import SchedulerConfig
-from ..errors import CheckpointError
-from ..images import PreprocessConfig
-from ..models.clip_text import CLIPTextConfig, CLIPTextEncoder
-from ..models.clip_vision import CLIPVisionEncoder, load_vision_encoder
-from ..models.prior import PriorConfig, PriorTransformer
-from ..models.text_proj import TextProjConfig, TextProjection
-from ..models.unet import UNet, UNetConfig
-from ..tokenizer import Tokenizer
+from ...checkpoint import load_weights
+from ...configs import from_config, read_json
+from ...diffusion.schedule import SchedulerConfig
+from ...errors import CheckpointError
+from ...images import PreprocessConfig
+from ...models.clip_text import CLIPTextConfig, CLIPTextEncoder
+from ...models.clip_vision import CLIPVisionEncoder, load_vision_encoder
+from ...models.prior import PriorConfig, PriorTransformer
+from ...models.text_proj import TextProjConfig, TextProjection
+from ...models.unet import UNet, UNetConfig
+from ...tokenizer import Tokenizer
 
 REQUIRED = ("tokenizer", "text_encoder", "text_proj", "decoder", "super_res_first", "super_res_last",
             "decoder_scheduler", "super_res_scheduler")
@@ -100,7 +100,12 @@ def load_components(folder: Path, dtype: torch.dtype, device: torch.device,
         parts.prior_scheduler = _scheduler(folder / "prior_scheduler")
     encoder_folders = _image_encoder_folders(folder, image_encoder)
     if encoder_folders is not None:
-        weights, processor = encoder_folders
-        parts.image_encoder = load_vision_encoder(weights, dtype, device)
-        parts.preprocess = from_config(PreprocessConfig, read_json(processor / "preprocessor_config.json"))
+        parts.image_encoder, parts.preprocess = load_image_encoder(*encoder_folders, dtype, device)
     return parts
+
+
+def load_image_encoder(weights: Path, processor: Path, dtype: torch.dtype,
+                       device: torch.device) -> tuple[CLIPVisionEncoder, PreprocessConfig]:
+    """The CLIP vision tower in `weights` and the preprocessing config in `processor`'s preprocessor_config.json."""
+    preprocess = from_config(PreprocessConfig, read_json(processor / "preprocessor_config.json"))
+    return load_vision_encoder(weights, dtype, device), preprocess

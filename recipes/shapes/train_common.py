@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..diffusion.schedule import SchedulerConfig, noise_schedule
+from dalle_cli.diffusion.schedule import SchedulerConfig, noise_schedule
 
-LOG = logging.getLogger("dalle_cli.shapes.train")
+LOG = logging.getLogger("recipes.shapes.train")
 LOG_EVERY = 25  # steps between loss lines
 
 

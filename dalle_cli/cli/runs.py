@@ -10,18 +10,17 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Protocol
 
 from PIL import Image
 
-from . import __version__
+from .. import __version__, load
+from ..api import ModelInfo, ProgressCallback
+from ..sources import ModelSource
 from .batch import Job, batches
 from .outputs import contact_sheet, grid_columns, write_png
-from .pipelines.api import ModelInfo, ProgressCallback, Settings
-
-PRIOR_SETTINGS = ("prior_steps", "prior_guidance")
 
 
 @dataclass
@@ -50,22 +49,23 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def record(job: Job, info: ModelInfo, seconds: float, digest: str | None = None) -> dict[str, Any]:
+def record(job: Job, info: ModelInfo, stages: tuple[str, ...], seconds: float,
+           digest: str | None = None) -> dict[str, Any]:
     """The reproduction record of one image (printed with --json and stored in the PNG): what it was made from,
-    its seed, the model (name, repo id, revision) and settings, and the seconds it took (its share of its batch)."""
-    settings = asdict(job.settings)
+    its seed, the model (name, repo id, revision, further parts) and the settings its operation's `stages` read, and
+    the seconds it took (its share of its batch)."""
     if job.prompt is not None:
         made_from: dict[str, Any] = {"prompt": job.prompt}
     else:
         made_from = {"source": str(job.source), "source_sha256": digest}
-        settings = {k: v for k, v in settings.items() if k not in PRIOR_SETTINGS}  # variations have no prior
     return {**made_from, "seed": job.seed, "index": job.index, "model": info.name, "repo_id": info.repo_id,
-            "revision": info.revision, **info.extras, "settings": settings, "seconds": round(seconds, 3),
-            "dalle": __version__}
+            "revision": info.revision, **info.extras, "settings": job.settings.used(stages),
+            "seconds": round(seconds, 3), "dalle": __version__}
 
 
 def make_images(make: Callable[[list[Job], ProgressCallback], list[Image.Image]], jobs: list[Job], out: Path,
-                batch_size: int, info: ModelInfo, digests: dict[Path, str], tally: Tally, observer: Observer) -> None:
+                batch_size: int, info: Callable[[], ModelInfo], stages: tuple[str, ...], digests: dict[Path, str],
+                tally: Tally, observer: Observer) -> None:
     """Make `jobs` in batches with `make(batch, progress)`, writing each image to `out` as soon as its batch returns
     and entering it in `tally`, so an interruption loses at most the batch in flight."""
     for batch in batches(jobs, batch_size):
@@ -74,7 +74,7 @@ def make_images(make: Callable[[list[Job], ProgressCallback], list[Image.Image]]
         images = make(batch, progress)
         seconds = (time.perf_counter() - start) / len(batch)
         for job, image in zip(batch, images, strict=True):
-            entry = record(job, info, seconds, digests.get(job.source) if job.source else None)
+            entry = record(job, info(), stages, seconds, digests.get(job.source) if job.source else None)
             tally.written[job.index] = write_png(image, out / job.name, entry)
             observer.image({**entry, "path": str(tally.written[job.index])})
         observer.finished(batch)
@@ -107,10 +107,10 @@ class Reporter(Protocol):
 
 @dataclass(frozen=True)
 class Run:
-    """What gen and vary share: the model `spec` and the keyword arguments of `load`, the output folder, the batch
+    """What gen and vary share: the model `source` and the keyword arguments of `load`, the output folder, the batch
     size, whether to skip images whose files exist, and whether to write a contact sheet of `per_item` columns."""
 
-    spec: str
+    source: ModelSource
     load_options: dict[str, Any]
     out: Path
     batch_size: int
@@ -119,27 +119,33 @@ class Run:
     per_item: int = 1
 
 
-def execute(run: Run, jobs: list[Job], make: Callable[[Any, list[Job], ProgressCallback], list[Image.Image]],
-            steps: Callable[[Settings], int], digests: dict[Path, str], tally: Tally, reporter: Reporter) -> None:
-    """Make and write the images of `jobs`: skip existing files when asked, load the model (only when something is
-    left to make), warn about prompts cut to the model's token limit, then `make(model, batch, progress)` batch by
-    batch, and write the contact sheet. `steps(settings)` is the number of sampler steps of one image."""
-    todo = [job for job in jobs if not (run.skip_existing and (run.out / job.name).exists())]
-    tally.skipped.update({job.index: run.out / job.name for job in jobs if job not in todo})
+def execute(run: Run, operation: str, jobs: list[Job],
+            make: Callable[[Any, list[Job], ProgressCallback], list[Image.Image]], digests: dict[Path, str],
+            tally: Tally, reporter: Reporter) -> None:
+    """Make and write the images of `jobs` by `operation`: skip existing files when asked, load the model (only when
+    something is left to make) with what the operation needs, warn about prompts cut to the model's token limit, then
+    `make(model, batch, progress)` batch by batch, and write the contact sheet."""
+    todo = []
+    for job in jobs:
+        if run.skip_existing and (run.out / job.name).exists():
+            tally.skipped[job.index] = run.out / job.name
+        else:
+            todo.append(job)
     if tally.skipped:
         reporter.note(f"skipping {len(tally.skipped)} images whose files exist")
     if todo:
-        from .pipelines.unclip import load
-
-        model = load(run.spec, **run.load_options, on_notice=reporter.note)
+        model = load(run.source, **run.load_options, on_notice=reporter.note)
+        model.prepare(operation)
         for text in dict.fromkeys(job.prompt for job in todo if job.prompt is not None):
             cut = model.prompt_overflow(text)
             if cut:
                 start = text if len(text) <= 40 else text[:40] + "..."
                 reporter.warn(f"prompt {start!r} is longer than {model.max_tokens} tokens; this part is cut: {cut!r}")
-        with reporter.progress(len(todo), sum(steps(job.settings) for job in todo)) as observer:
+        family = run.source.family
+        events = sum(family.events(operation, batch[0].settings) for batch in batches(todo, run.batch_size))
+        with reporter.progress(len(todo), events) as observer:
             make_images(lambda batch, progress: make(model, batch, progress), todo, run.out, run.batch_size,
-                        model.info, digests, tally, observer)
+                        lambda: model.info, family.operations[operation], digests, tally, observer)
     if run.grid:
         reporter.note(f"contact sheet: {write_grid(tally, run.out, run.per_item)}")
     skipped = f" ({len(tally.skipped)} skipped)" if tally.skipped else ""
@@ -158,7 +164,7 @@ def _devices() -> dict[str, Any]:
         import torch
     except Exception as e:  # a broken torch install is exactly what a bug report needs to show
         return {"torch": f"cannot import torch: {e}"}
-    from .devices import mps_available
+    from ..devices import mps_available
 
     found: dict[str, Any] = {"torch": torch.__version__, "cpu threads": torch.get_num_threads(),
                              "cuda": torch.version.cuda or "not built with CUDA", "mps": mps_available()}
@@ -176,7 +182,7 @@ def system_info() -> dict[str, Any]:
     """Versions, devices, VRAM, the download cache and the registry, for bug reports."""
     from huggingface_hub import constants
 
-    from .registry import registry_path
+    from ..registry import registry_path
 
     packages = ("huggingface_hub", "safetensors", "pillow", "tqdm", "typer", "rich")
     return {
@@ -194,17 +200,18 @@ def system_info() -> dict[str, Any]:
 
 
 def model_rows() -> list[dict[str, Any]]:
-    """One row per registry entry: alias, kind, where it comes from, its size, license, and what is on disk."""
-    from .hub import status
-    from .registry import load_registry
+    """One row per registry entry: alias, kind, family, where it comes from, its size, license, and what is on
+    disk."""
+    from ..hub import status
+    from ..registry import load_registry
 
     rows = []
     for alias, entry in load_registry().items():
         state = status(entry)
+        source = " + ".join(f"{repo.repo_id}@{repo.revision}" for repo in entry.repos.values()) or str(entry.path)
         rows.append({
-            "name": alias, "kind": entry.kind, "description": entry.description,
-            "source": f"{entry.repo_id}@{entry.revision}" if entry.repo_id else str(entry.path),
-            "size_bytes": entry.size_bytes, "size_exact": entry.size_exact, "license": entry.license,
+            "name": alias, "kind": entry.kind, "family": entry.family, "description": entry.description,
+            "source": source, "size_bytes": entry.size_bytes, "size_exact": entry.size_exact, "license": entry.license,
             "state": state.state, "on_disk_bytes": state.size, "folder": str(state.folder) if state.folder else None,
             "image_encoder": entry.image_encoder,
         })

@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from ..configs import from_config
-from ..models.clip_text import CLIPTextEncoder
-from ..models.clip_vision import CLIPVisionEncoder
-from ..models.text_proj import TextProjConfig, TextProjection
-from ..models.unet import UNet, UNetConfig
-from ..tokenizer import Tokenizer
+from dalle_cli.configs import from_config
+from dalle_cli.models.clip_text import CLIPTextEncoder
+from dalle_cli.models.clip_vision import CLIPVisionEncoder
+from dalle_cli.models.text_proj import TextProjConfig, TextProjection
+from dalle_cli.models.unet import UNet, UNetConfig
+from dalle_cli.tokenizer import Tokenizer
+
 from .train_common import EMA, ForwardProcess, Optimizer, StageBudget, run_stage, setup_logging
 from .train_data import clip_features, downsample, sample_batch, upsample
 from .train_export import decoder_config, super_res_config, text_proj_config

@@ -1,26 +1,32 @@
 """Prompt files and the list of images a run makes.
 
 A prompt file is UTF-8 text, one prompt per line; blank lines and lines starting with `#` are skipped. A line that
-starts with `{` is a JSON object: `prompt` plus optional `seed`, `n` and sampling settings (`prior_steps`, ...,
-also accepted nested under `settings`) for that prompt only. The keys of an output record (`path`, `model`, ...) are
+starts with `{` is a JSON object: `prompt` plus optional `seed`, `n` and the model family's sampling settings
+(`prior_steps`, ..., also accepted nested under `settings`) for that prompt only. The keys of an output record (`path`, `model`, ...) are
 accepted and ignored, so a line of `dalle gen --json` output, or the record inside a PNG, makes its image again.
 No torch here.
 """
 
 import json
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
+from ..families import FAMILIES
+from ..registry import is_int_in
+from ..settings import Knob, Settings, check_value
+from ..sources import ModelSource
 from .naming import render_name, slugify
-from .pipelines.api import Settings
-from .registry import apply_settings, is_int_in
 
 MAX_SEED = 2**63 - 1
-SETTING_KEYS = tuple(f.name for f in dataclasses.fields(Settings))
-RECORD_KEYS = ("path", "index", "model", "repo_id", "revision", "seconds", "dalle", "image_encoder")
+RECORD_KEYS = ("path", "index", "model", "repo_id", "revision", "seconds", "dalle")
+
+
+def known_settings() -> dict[str, Knob]:
+    """Every family's settings: a prompt line may set any of them (its values are checked when the line is read),
+    and the model then decides which it has."""
+    return {name: knob for family in FAMILIES.values() for name, knob in family.settings.knobs().items()}
 
 
 @dataclass(frozen=True)
@@ -70,18 +76,22 @@ def _json_prompt(line: str, where: str) -> Prompt:
         raise UsageError(f"{where}: invalid JSON: {e}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{where}: a line starting with '{{' must be a JSON object")
-    allowed = {"prompt", "seed", "n", "settings", *SETTING_KEYS, *RECORD_KEYS}
-    unknown = sorted(set(raw) - allowed)
+    knobs = known_settings()
+    roles = {role for family in FAMILIES.values() for role in family.roles}  # a record's further parts
+    unknown = sorted(set(raw) - {"prompt", "seed", "n", "settings", *knobs, *RECORD_KEYS, *roles})
     if unknown:
-        raise UsageError(f"{where}: unknown key {unknown[0]!r} (use prompt, seed, n, {', '.join(SETTING_KEYS)})")
+        raise UsageError(f"{where}: unknown key {unknown[0]!r} (use prompt, seed, n, {', '.join(knobs)})")
     text = raw.get("prompt")
     if not isinstance(text, str) or not text.strip():
         raise UsageError(f"{where}: 'prompt' must be a non-empty string")
     nested = raw.get("settings", {})
     if not isinstance(nested, dict):
         raise UsageError(f"{where}: 'settings' must be a JSON object")
-    settings = {**nested, **{k: raw[k] for k in SETTING_KEYS if k in raw}}
-    apply_settings(Settings(), settings, where, UsageError)  # check now, before the model loads
+    settings = {**nested, **{k: raw[k] for k in knobs if k in raw}}
+    strange = sorted(set(settings) - set(knobs))
+    if strange:
+        raise UsageError(f"{where}: unknown setting {strange[0]!r} (known: {', '.join(knobs)})")
+    settings = {key: check_value(key, knobs[key], value, where) for key, value in settings.items()}
     seed = check_seed(raw["seed"], where) if "seed" in raw else None
     n = check_count(raw["n"], where) if "n" in raw else None
     return Prompt(text.strip(), where, seed, n, settings)
@@ -125,28 +135,44 @@ def argument_prompts(arguments: list[str]) -> list[Prompt]:
     return [Prompt(text.strip(), f"argument {number}") for number, text in enumerate(arguments, start=1)]
 
 
-def plan_prompts(prompts: list[Prompt], base: Settings, seed: int, n: int, template: str, model: str) -> list[Job]:
+def chosen(source: ModelSource, operation: str, base: Settings, given: dict[str, Any], where: str,
+           name: Any = str) -> Settings:
+    """`base` with the settings `given` for `operation` on the model `source`. Raises `UsageError`, its message
+    starting with `where`, for a setting the model's family does not have or that the operation does not read, and
+    for a bad value; `name(setting)` is how the message names a setting (the CLI passes its option names)."""
+    family = source.family
+    for key in given:
+        if key not in family.settings.knobs() or not family.applies(key, operation):
+            known = ", ".join(name(k) for k in family.settings.knobs() if family.applies(k, operation))
+            raise UsageError(f"{where}: {name(key)} is not a setting of {source.name} for {operation} "
+                             f"({family.title} models have {known})")
+    return base.updated(given, where)
+
+
+def plan_prompts(prompts: list[Prompt], base: Settings, seed: int, n: int, template: str,
+                 source: ModelSource) -> list[Job]:
     """Every image of a text-to-image run, in order: image i of a prompt gets seed + i, where the prompt's own seed,
     count and settings override the run's."""
     jobs: list[Job] = []
     for item, prompt in enumerate(prompts):
-        settings = apply_settings(base, prompt.settings, prompt.where, UsageError)
+        settings = chosen(source, "generate", base, prompt.settings, prompt.where)
         first = prompt.seed if prompt.seed is not None else seed
         for i in range(prompt.n or n):
             numbers = dict(index=len(jobs), item=item, i=i, seed=check_seed(first + i, prompt.where))
-            name = render_name(template, slug=slugify(prompt.text), model=slugify(model), **numbers)
+            name = render_name(template, slug=slugify(prompt.text), model=slugify(source.name), **numbers)
             jobs.append(Job(**numbers, settings=settings, name=name, prompt=prompt.text))
     return _unique(jobs)
 
 
-def plan_sources(sources: list[Path], base: Settings, seed: int, n: int, template: str, model: str) -> list[Job]:
+def plan_sources(sources: list[Path], base: Settings, seed: int, n: int, template: str,
+                 source: ModelSource) -> list[Job]:
     """Every image of a variations run: n variations of each source, image i of a source with seed + i."""
     jobs: list[Job] = []
-    for item, source in enumerate(sources):
+    for item, path in enumerate(sources):
         for i in range(n):
             numbers = dict(index=len(jobs), item=item, i=i, seed=check_seed(seed + i, "--seed"))
-            name = render_name(template, slug=slugify(source.stem), model=slugify(model), **numbers)
-            jobs.append(Job(**numbers, settings=base, name=name, source=source))
+            name = render_name(template, slug=slugify(path.stem), model=slugify(source.name), **numbers)
+            jobs.append(Job(**numbers, settings=base, name=name, source=path))
     return _unique(jobs)
 
 

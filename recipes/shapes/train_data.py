@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from ..models.clip_text import CLIPTextEncoder
-from ..models.clip_vision import CLIPVisionEncoder
-from ..tokenizer import Tokenizer
-from .world import (COLORS, HELD_OUT, POSITIONS, SHAPES, SIZES, CaptionSpec, Scene, parse_caption,
-                    render_batch, sample_scene, scene_for)
+from dalle_cli.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from dalle_cli.models.clip_text import CLIPTextEncoder
+from dalle_cli.models.clip_vision import CLIPVisionEncoder
+from dalle_cli.shapes.world import (COLORS, HELD_OUT, POSITIONS, SHAPES, SIZES, CaptionSpec, Scene, parse_caption,
+                                    render_batch, sample_scene, scene_for)
+from dalle_cli.tokenizer import Tokenizer
 
 IMAGE_SIZE = 64  # the super-resolution output
 DECODER_SIZE = 32  # the decoder output and the CLIP image tower input

@@ -1,6 +1,6 @@
 """Train the embedded `shapes` model from scratch on a CPU: tokenizer, CLIP, prior, decoder and super-resolution.
 
-    python -m dalle_cli.shapes.train --out weights/shapes --seed 0 [--minutes 110] [--threads 1]
+    python -m recipes.shapes.train --out weights/shapes --seed 0 [--minutes 110] [--threads 1]
 
 The result is a complete unCLIP model in Karlo's hub layout (see `train_export.py`), loadable by the same loader as
 Karlo. The stages run in dependency order: tokenizer -> CLIP -> prior -> decoder; the super-resolution stage needs
@@ -23,9 +23,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ..configs import from_config
-from ..errors import DalleError, UsageError
-from ..models.unet import UNet, UNetConfig
+from dalle_cli.configs import from_config
+from dalle_cli.errors import DalleError, UsageError
+from dalle_cli.models.unet import UNet, UNetConfig
+
 from .train_clip import learn_tokenizer, train_clip, train_prior
 from .train_common import LOG, StageBudget, count_parameters, setup_logging
 from .train_diffusion import super_res_worker, train_decoder
@@ -51,7 +52,7 @@ UNLIMITED = 10**9
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dalle_cli.shapes.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m recipes.shapes.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the model folder to write")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=110.0, help="total wall-time budget")

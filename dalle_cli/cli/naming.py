@@ -7,7 +7,7 @@ import string
 import unicodedata
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 
 DEFAULT_TEMPLATE = "{index:04d}-{slug}-{seed}"
 TEMPLATE_FIELDS = {

@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .errors import DalleError, UsageError
+from ..errors import DalleError, UsageError
 
 RECORD_KEY = "dalle"  # the PNG text chunk holding the record
 NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK)

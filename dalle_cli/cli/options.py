@@ -1,0 +1,131 @@
+"""The CLI's options: those every image-making command shares, and one option per family setting.
+
+Settings options come from the families' settings declarations (`dalle_cli.settings`), never from a list written
+here: `--prior-steps` is the field `prior_steps`. An option that only some families have says which in `--help`.
+"""
+
+import inspect
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterable, Optional
+
+import typer
+
+from ..families import FAMILIES, Family
+from .naming import DEFAULT_TEMPLATE
+
+TYPES = {"steps": int, "guidance": float, "pixels": int, "text": str}
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class DType(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", envvar="DALLE_MODEL", show_default=True,
+                                       help="Registry alias (see `dalle models`), hub id owner/name[@revision], or "
+                                            "a local folder.")]
+NumOpt = Annotated[int, typer.Option("--num", "-n", min=1, help="Images per prompt (per input image for vary).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Image i of a prompt gets seed + i. "
+                                                "Default: a random base seed, which is reported.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+NameOpt = Annotated[str, typer.Option("--name", help="File name template; fields {index} {slug} {seed} {i} {item} "
+                                                     "{model}, Python format specs allowed.")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where to run.")]
+DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Precision: auto is fp16 on GPUs, fp32 on the CPU.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images made together (more is faster, and "
+                                                                   "needs more memory).")]
+LowVramOpt = Annotated[bool, typer.Option("--low-vram", help="Keep only the running stage on the GPU.")]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network (as HF_HUB_OFFLINE=1).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON record per image on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and --json records).")]
+SkipOpt = Annotated[bool, typer.Option("--skip-existing", help="Do not make images whose file exists (resume).")]
+GridOpt = Annotated[bool, typer.Option("--grid", help="Also write a contact sheet, grid.png.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+
+
+def flag(setting: str) -> str:
+    """The option of a setting: `prior_steps` -> `--prior-steps`."""
+    return "--" + setting.replace("_", "-")
+
+
+def setting_parameters(operation: str, families: Iterable[Family]) -> list[inspect.Parameter]:
+    """One keyword parameter, a typer option defaulting to None (the model's default), for every setting that
+    `operation` reads in some family, in declaration order. Its help names the families when not all have it."""
+    doing = [family for family in families if operation in family.operations]
+    owners: dict[str, list[Family]] = {}
+    for family in doing:
+        for name in family.settings.knobs():
+            if family.applies(name, operation):
+                owners.setdefault(name, []).append(family)
+    parameters = []
+    for name, having in owners.items():
+        knob = having[0].settings.knobs()[name]
+        only = "" if len(having) == len(doing) else f" Only {', '.join(f.title for f in having)} models."
+        option = typer.Option(flag(name), help=f"{knob.help}{only} [model default]", show_default=False)
+        parameters.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                            annotation=Annotated[Optional[TYPES[knob.kind]], option]))
+    return parameters
+
+
+@dataclass(frozen=True)
+class Common:
+    """The options every image-making command shares."""
+
+    model: str
+    num: int
+    seed: int | None
+    out: Path
+    name: str
+    device: Device
+    dtype: DType
+    batch_size: int
+    low_vram: bool
+    offline: bool
+    json_lines: bool
+    quiet: bool
+    skip_existing: bool
+    grid: bool
+    debug: bool
+
+
+# The shared options with their defaults, split where the settings options go in --help.
+BEFORE_SETTINGS = {"model": (ModelOpt, "karlo"), "num": (NumOpt, 1), "seed": (SeedOpt, None)}
+AFTER_SETTINGS = {"out": (OutOpt, Path("outputs")), "name": (NameOpt, DEFAULT_TEMPLATE), "device": (DeviceOpt, Device.auto),
+                  "dtype": (DTypeOpt, DType.auto), "batch_size": (BatchOpt, 4), "low_vram": (LowVramOpt, False),
+                  "offline": (OfflineOpt, False), "json_lines": (JsonOpt, False), "quiet": (QuietOpt, False),
+                  "skip_existing": (SkipOpt, False), "grid": (GridOpt, False), "debug": (DebugOpt, False)}
+
+
+def image_command(operation: str, families: Iterable[Family] = FAMILIES.values()) -> Callable[[Callable], Callable]:
+    """Turn `body(own parameters..., common, settings)` into a typer command for `operation`: typer sees the body's
+    own parameters, the shared options and one option per setting the operation reads in some family; the body gets
+    `common` (a `Common`) and `settings`, a dict of the setting options given (those left at None are left out)."""
+    def wrap(body: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p for p in inspect.signature(body).parameters.values() if p.name not in ("common", "settings")]
+        extra = setting_parameters(operation, list(families))
+        shared = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
+                  for name, (kind, default) in {**BEFORE_SETTINGS, **AFTER_SETTINGS}.items()]
+        parameters = [*own, *shared[:len(BEFORE_SETTINGS)], *extra, *shared[len(BEFORE_SETTINGS):]]
+
+        def command(**values: Any) -> Any:
+            common = Common(**{name: values.pop(name) for name in (*BEFORE_SETTINGS, *AFTER_SETTINGS)})
+            given = {p.name: values.pop(p.name) for p in extra}
+            return body(**values, common=common, settings={k: v for k, v in given.items() if v is not None})
+
+        command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in parameters}
+        command.__name__, command.__doc__ = body.__name__, body.__doc__
+        return command
+
+    return wrap

@@ -1,0 +1,47 @@
+"""Per-image noise: the seed contract every family keeps.
+
+Every image has its own seed, and all of its randomness comes from one CPU `torch.Generator` seeded with it, drawn in
+the reference pipeline's order (one stage after the other: the stage's start x_T, then one tensor per noisy step).
+An image therefore depends only on the checkpoint, its inputs, its seed and the settings, never on the batch it is
+made in, and equals the diffusers pipelines given `generator=[torch.Generator("cpu").manual_seed(s) for s in seeds]`.
+"""
+
+from typing import Sequence
+
+import torch
+
+from ..diffusion import sampler, schedule
+
+
+class ImageNoise:
+    """The generators of a batch of images, one per seed, in the batch's order."""
+
+    def __init__(self, seeds: Sequence[int]) -> None:
+        self.generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def draw(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, count: int = 1) -> torch.Tensor:
+        """`count` successive draws from each image's generator: [count, B, *shape] on `device`.
+
+        Each draw is its own `torch.randn((1, *shape))` call, as diffusers' `randn_tensor` makes it, because one larger
+        draw does not give the same numbers. All draws move to `device` in one copy, so a stage's step loop never
+        waits on a host-to-device transfer.
+        """
+        draws = [torch.stack([torch.randn((1, *shape), generator=g, dtype=dtype) for _ in range(count)])
+                 for g in self.generators]
+        return torch.cat(draws, dim=1).to(device)
+
+    def start(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """One draw per image, a stage's x_T: [B, *shape]."""
+        return self.draw(shape, dtype, device)[0]
+
+
+def sample_stage(denoise: sampler.Denoiser, x: torch.Tensor, steps: list[int], config: schedule.SchedulerConfig,
+                 noise: ImageNoise) -> torch.Tensor:
+    """Run one stage's ancestral sampler from x_T = `x` over `steps`, drawing the stage's step noises (after x_T)
+    from the images' generators before the loop starts."""
+    noisy = sum(sampler.needs_noise(t) for t in steps)
+    noises = noise.draw(tuple(x.shape[1:]), x.dtype, x.device, noisy)  # [noisy, B, ...]
+    return sampler.sample(denoise, x, steps, schedule.noise_schedule(config), config, lambda i: noises[i])

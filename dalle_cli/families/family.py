@@ -1,0 +1,54 @@
+"""What a model family declares: its settings, the operations it supports, the pipeline classes it runs and how its
+models load. Declaring a family imports no torch; its loader is imported only when a model is loaded."""
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from ..settings import Settings
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family.
+
+    - `name`: its registry and `dalle.json` name ("unclip"); `title` names it for people.
+    - `class_names`: the `model_index.json` `_class_name`s of the folders it loads.
+    - `settings`: its settings dataclass; an instance with no arguments holds the family's own defaults.
+    - `operations`: what its models can do ("generate", "vary", ...), each with the pipeline stages it runs in order.
+      Settings whose stage an operation does not run do not apply to that operation (variations have no prior).
+    - `roles`: the parts a model is made of, each a folder: the first is the model itself ("model", or
+      "prior" and "decoder" for a family that spans two repos); later ones may be fetched only when an operation
+      needs them (Karlo's separate "image_encoder").
+    - `loader`: "module:function" of `function(source, device, dtype, low_vram, on_notice) -> model`.
+    """
+
+    name: str
+    title: str
+    class_names: tuple[str, ...]
+    settings: type[Settings]
+    operations: Mapping[str, tuple[str, ...]]
+    roles: tuple[str, ...]
+    loader: str
+
+    def applies(self, setting: str, operation: str) -> bool:
+        """Whether `setting` is read by `operation`."""
+        stage = self.settings.knobs()[setting].stage
+        return stage is None or stage in self.operations[operation]
+
+    def events(self, operation: str, settings: Settings) -> int:
+        """How many progress events one call of `operation` reports: a stage's step count, or one event for a stage
+        without a step setting (encoding an image, say)."""
+        knobs = self.settings.knobs()
+        total = 0
+        for stage in self.operations[operation]:
+            counts = [getattr(settings, name) for name, knob in knobs.items() if knob.kind == "steps"
+                      and knob.stage == stage]
+            total += sum(counts) if counts else 1
+        return total
+
+    def load(self, *args: Any, **kwargs: Any) -> Any:
+        """Import the family's pipeline and load a model with it (see `loader`)."""
+        module, _, function = self.loader.partition(":")
+        load: Callable[..., Any] = getattr(importlib.import_module(module), function)
+        return load(*args, **kwargs)

@@ -1,0 +1,16 @@
+"""The unCLIP family's sampling settings. The defaults are Karlo's (its model card and diffusers' UnCLIPPipeline)."""
+
+from dataclasses import dataclass
+
+from ...settings import Settings, guidance, steps
+
+
+@dataclass(frozen=True)
+class UnCLIPSettings(Settings):
+    """Steps and guidance of the prior, the decoder and the super-resolution stage (which is never guided)."""
+
+    prior_steps: int = steps(25, "prior", "Prior steps.")
+    decoder_steps: int = steps(25, "decoder", "Decoder steps.")
+    sr_steps: int = steps(7, "super_res", "Super-resolution steps.")
+    prior_guidance: float = guidance(4.0, "prior", "Prior guidance scale, 1 = off.")
+    decoder_guidance: float = guidance(8.0, "decoder", "Decoder guidance scale, 1 = off.")

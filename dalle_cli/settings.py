@@ -1,0 +1,105 @@
+"""Sampling settings, declared once per model family.
+
+A family's settings are a frozen dataclass deriving from `Settings`, whose fields are made by the helpers below
+(`steps`, `guidance`, `pixels`, `text`). Each helper records what kind of value the field holds, which stage of the
+pipeline reads it, and one line of help. Everything that reads or writes settings works from that declaration: the
+CLI's options (`--prior-steps` for `prior_steps`), prompt-file keys, the defaults in the registry and in model folders,
+and the record stored with every image. No torch here, so parsing settings costs nothing at start-up.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, TypeVar
+
+from .errors import DalleError, UsageError
+
+S = TypeVar("S", bound="Settings")
+_KNOB = "dalle.knob"
+MAX_STEPS = 1000
+MAX_TEXT = 2000
+
+
+@dataclass(frozen=True)
+class Knob:
+    """What a settings field is: `kind` ("steps", "guidance", "pixels" or "text"), the pipeline `stage` that reads it
+    (None: every operation reads it), one line of `help`, and for "pixels" the allowed range and the multiple."""
+
+    kind: str
+    help: str
+    stage: str | None = None
+    low: int = 0
+    high: int = 0
+    multiple: int = 1
+
+
+def steps(default: int, stage: str, help: str) -> Any:
+    """A sampler step count of `stage`: an integer from 2 to 1000 (a diffusion sampler needs two steps at least)."""
+    return dataclasses.field(default=default, metadata={_KNOB: Knob("steps", help, stage)})
+
+
+def guidance(default: float, stage: str, help: str) -> Any:
+    """A classifier-free guidance scale of `stage` (Ho & Salimans 2022): a finite number of at least 1; 1 is off."""
+    return dataclasses.field(default=default, metadata={_KNOB: Knob("guidance", help, stage)})
+
+
+def pixels(default: int, help: str, low: int, high: int, multiple: int) -> Any:
+    """An image size in pixels, read by every operation: an integer from `low` to `high`, a multiple of `multiple`."""
+    return dataclasses.field(default=default, metadata={_KNOB: Knob("pixels", help, None, low, high, multiple)})
+
+
+def text(default: str, help: str) -> Any:
+    """A piece of text read by every operation (a negative prompt, say), at most 2,000 characters."""
+    return dataclasses.field(default=default, metadata={_KNOB: Knob("text", help)})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_value(name: str, knob: Knob, value: Any, where: str, error: type[DalleError] = UsageError) -> Any:
+    """`value` as the field `name` holds it (guidance scales become floats). Raises `error`, its message starting
+    with `where`, for a value outside the field's kind: steps 2..1000; guidance finite and at least 1; pixels in range
+    and on the multiple; text a string of at most 2,000 characters."""
+    if knob.kind == "steps":
+        if not (_is_int(value) and 2 <= value <= MAX_STEPS):
+            raise error(f"{where}: {name} must be an integer from 2 to {MAX_STEPS}, got {value!r}")
+        return value
+    if knob.kind == "guidance":
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1.0):
+            raise error(f"{where}: {name} must be a number of at least 1 (1 turns guidance off), got {value!r}")
+        if not math.isfinite(value):
+            raise error(f"{where}: {name} must be a finite number, got {value!r}")
+        return float(value)
+    if knob.kind == "pixels":
+        if not (_is_int(value) and knob.low <= value <= knob.high and value % knob.multiple == 0):
+            raise error(f"{where}: {name} must be a multiple of {knob.multiple} from {knob.low} to {knob.high}, "
+                        f"got {value!r}")
+        return value
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise error(f"{where}: {name} must be a string of at most {MAX_TEXT} characters")
+    return value
+
+
+class Settings:
+    """Base of every family's settings dataclass (frozen, hashable, so batches group by them)."""
+
+    @classmethod
+    def knobs(cls) -> dict[str, Knob]:
+        """Every field's `Knob`, in declaration order."""
+        return {f.name: f.metadata[_KNOB] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+    def updated(self: S, raw: Mapping[str, Any], where: str, error: type[DalleError] = UsageError) -> S:
+        """These settings with the fields named in `raw` replaced, each value checked (`check_value`). Raises `error`,
+        its message starting with `where`, for a name that is not a field or a bad value."""
+        knobs = self.knobs()
+        unknown = sorted(set(raw) - set(knobs))
+        if unknown:
+            raise error(f"{where}: unknown setting {unknown[0]!r} (known: {', '.join(knobs)})")
+        checked = {name: check_value(name, knobs[name], value, where, error) for name, value in raw.items()}
+        return dataclasses.replace(self, **checked)  # type: ignore[type-var]
+
+    def used(self, stages: tuple[str, ...]) -> dict[str, Any]:
+        """The values an operation running `stages` reads, by name, in declaration order: what its record holds."""
+        return {name: getattr(self, name) for name, knob in self.knobs().items()
+                if knob.stage is None or knob.stage in stages}
