@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import dalle_cli
-from dalle_cli.cli.app import make_app
+from dalle_cli.cli.commands import make_app
 from dalle_cli.cli.outputs import read_record
 from dalle_cli.engine.noise import ImageNoise
 from dalle_cli.families import FAMILIES, UNCLIP, Family
