@@ -7,9 +7,14 @@
 Importing this package is cheap: torch is imported only when a model is loaded.
 """
 
+import warnings
 from typing import Any, Callable
 
 from .errors import DalleError
+
+# torch warns when it is imported without NumPy installed. dalle never passes NumPy arrays to torch, and NumPy is no
+# dependency of dalle, so the warning would only be noise before every first image.
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
 
 __version__ = "0.1.0"
 __all__ = ["DalleError", "__version__", "load"]

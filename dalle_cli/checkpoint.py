@@ -9,6 +9,7 @@ below: tensors that older library versions saved but that our modules compute in
 """
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -78,6 +79,7 @@ def read_state_dict(
     """
     state: dict[str, torch.Tensor] = {}
     for path in weight_files(folder, component):
+        _check_readable(path, component)
         try:
             with safe_open(str(path), framework="pt", device=str(device)) as f:
                 for key in f.keys():
@@ -90,6 +92,18 @@ def read_state_dict(
         except Exception as e:  # safetensors raises its own error types, and OSError for I/O
             raise CheckpointError(f"{component}: {path.name} is not a readable safetensors file ({e})") from None
     return state
+
+
+def _check_readable(path: Path, component: str) -> None:
+    """Raise `CheckpointError` saying why a weights file cannot be opened: a link whose target is gone (a cache blob
+    deleted), or the system's reason (permissions, ...)."""
+    if path.is_symlink() and not path.exists():
+        raise CheckpointError(f"{component}: {path.name} is a link to {os.readlink(path)}, which is missing")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise CheckpointError(f"{component}: cannot read {path}: {e.strerror or e}") from None
 
 
 def _check_keys(module: nn.Module, state: dict[str, torch.Tensor], component: str) -> None:

@@ -193,16 +193,17 @@ def locate(spec: str, *, offline: bool = False, on_notice: Notice | None = None)
     return ModelSource(spec, family, defaults, {family.roles[0]: Part(folder, source)}, offline)
 
 
-def pull(spec: str, *, on_notice: Notice | None = None) -> list[tuple[Path, bool]]:
+def pull(spec: str, *, offline: bool = False, on_notice: Notice | None = None) -> list[tuple[Path, bool]]:
     """Download `spec` ahead of use: a registry entry with every part its operations use (an image-encoder alias
     too), or a hub repo's configs, tokenizer files and safetensors. Returns each part's folder, and whether it comes
-    from the hub (a local folder is returned as it is). Raises as `locate` does, and `DownloadError`."""
+    from the hub (a local folder is returned as it is). With `offline`, nothing is fetched: it checks that
+    everything is downloaded. Raises as `locate` does, and `DownloadError`."""
     registry = load_registry()
     entry = registry.get(spec)
     if entry is not None:
-        source = _entry_source(entry, registry, False)
+        source = _entry_source(entry, registry, offline)
         return [(folder, source.parts[role].source is not None) for role, folder in source.fetch_all(on_notice).items()]
     path = Path(spec).expanduser()
     if path.is_dir():
         return [(path, False)]
-    return [(fetch(_hub_source(spec, registry), offline=False, on_notice=on_notice), True)]
+    return [(fetch(_hub_source(spec, registry), offline=offline, on_notice=on_notice), True)]

@@ -35,6 +35,11 @@ def pixels(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def files(folder: Path) -> list[str]:
+    """The names in an output folder, hidden temporary files included, but not the runs' manifests (.dalle/)."""
+    return [p.name for p in folder.iterdir() if p.name != ".dalle"]
+
+
 def one_error_line(result, code: int, message: str) -> None:  # noqa: ANN001
     assert result.exit_code == code, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -69,7 +74,7 @@ def test_gen_writes_named_pngs_json_records_and_a_grid(batch_run) -> None:  # no
         assert read_record(Path(record["path"])) == record  # the PNG carries the same record
         with Image.open(record["path"]) as image:
             assert (image.mode, image.size) == ("RGB", (32, 32))
-    assert sorted(p.name for p in out.iterdir()) == sorted(expected + ["grid.png"])  # no temporary files left
+    assert sorted(files(out)) == sorted(expected + ["grid.png"])  # no temporary files left
     with Image.open(out / "grid.png") as grid:
         assert grid.size == (5 * 32 + 4 * 4, 2 * 32 + 4)  # one row per prompt
         assert np.array_equal(np.asarray(grid)[:32, 36:68], pixels(out / expected[1]))
@@ -93,7 +98,7 @@ def test_skip_existing_resumes_and_nothing_is_overwritten(tiny_karlo: Path, tmp_
     args = ["gen", "a blue square", "-m", tiny_karlo, "--seed", 7, "-n", 3, "--batch-size", 2, "-o", tmp_path, *STEPS]
     assert dalle(*args).exit_code == 0
     names = ["0000-a-blue-square-7.png", "0001-a-blue-square-8.png", "0002-a-blue-square-9.png"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    assert sorted(files(tmp_path)) == names
     lost = pixels(tmp_path / names[1])
     (tmp_path / names[1]).unlink()  # as if the run had been killed before this image
     kept = {name: (tmp_path / name).read_bytes() for name in (names[0], names[2])}
@@ -147,7 +152,7 @@ def test_quiet_name_template_precision_and_guidance_options(tiny_karlo: Path, tm
                    "{model}-{item}-{i}-{seed:05d}", "--device", "cpu", "--dtype", "fp32", "--low-vram",
                    "--prior-guidance", 2, "--decoder-guidance", 3, "-o", tmp_path, *STEPS)
     assert result.exit_code == 0 and result.stdout == "" and result.stderr == ""
-    names = sorted(p.name for p in tmp_path.iterdir())
+    names = sorted(files(tmp_path))
     assert names == ["tiny-karlo-0-0-00005.png", "tiny-karlo-0-1-00006.png"]
     settings = read_record(tmp_path / names[0])["settings"]
     assert (settings["prior_guidance"], settings["decoder_guidance"]) == (2.0, 3.0)
@@ -182,7 +187,7 @@ def test_a_full_disk_stops_with_one_line_and_no_partial_file(tiny_karlo: Path, t
     monkeypatch.setattr(os, "fsync", no_space)
     result = dalle("gen", "a cat", "-m", tiny_karlo, "--seed", 1, "-o", tmp_path, *STEPS)
     one_error_line(result, 1, "the disk is full: could not write")
-    assert list(tmp_path.iterdir()) == []
+    assert files(tmp_path) == []
 
 
 @pytest.fixture

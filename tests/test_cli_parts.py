@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dalle_cli.cli.batch import Prompt, batches, parse_prompts, plan_prompts, read_prompt_file
+from dalle_cli.cli.batch import Planner, Prompt, batches, parse_prompts, read_prompt_file
 from dalle_cli.errors import ConfigError, DalleError, UsageError
 from dalle_cli.cli.naming import DEFAULT_TEMPLATE, check_template, render_name, slugify
-from dalle_cli.cli.outputs import contact_sheet, ensure_writable, grid_columns, read_record, write_png
+from dalle_cli.cli.outputs import check_writable, contact_sheet, grid_columns, read_record, write_png
 from dalle_cli.families.unclip.settings import UnCLIPSettings as Settings
 from dalle_cli.registry import DEFAULT_PATH, COMMIT_SHA, format_size, load_registry
 from dalle_cli.sources import locate
@@ -23,7 +23,7 @@ def test_prompt_file_skips_blanks_and_comments_and_reads_json_lines() -> None:
     text = "\ufeff# a comment\n\nan astronaut riding a horse  \n  # indented comment\n" \
            '{"prompt": "a bowl of soup", "seed": 5, "n": 2, "decoder_steps": 3}\n' \
            '{"prompt": "a cat", "settings": {"sr_steps": 4, "prior_guidance": 2}, "path": "x.png", "seconds": 1}\n'
-    prompts = parse_prompts(text.lstrip("\ufeff"), "p.txt")
+    prompts = list(parse_prompts(text.lstrip("\ufeff").splitlines(), "p.txt"))
     assert [p.text for p in prompts] == ["an astronaut riding a horse", "a bowl of soup", "a cat"]
     assert [p.where for p in prompts] == ["p.txt:3", "p.txt:5", "p.txt:6"]
     assert (prompts[1].seed, prompts[1].n, prompts[1].settings) == (5, 2, {"decoder_steps": 3})
@@ -43,32 +43,39 @@ def test_prompt_file_skips_blanks_and_comments_and_reads_json_lines() -> None:
 ])
 def test_bad_json_lines_name_their_line(line: str, message: str) -> None:
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):
-        parse_prompts(f"fine prompt\n{line}\n", "p.txt")
+        list(parse_prompts(f"fine prompt\n{line}\n".splitlines(), "p.txt"))
 
 
 def test_empty_prompt_files_are_errors(tmp_path: Path) -> None:
     for text in ("", "\n\n", "# only a comment\n   \n"):
         with pytest.raises(UsageError, match="holds no prompts"):
-            parse_prompts(text, "p.txt")
+            list(parse_prompts(text.splitlines(), "p.txt"))
     with pytest.raises(UsageError, match="cannot read the prompt file"):
-        read_prompt_file(str(tmp_path / "missing.txt"))
+        list(read_prompt_file(tmp_path / "missing.txt", "missing.txt"))
     (tmp_path / "latin1.txt").write_bytes("a cat\ncaf\xe9\n".encode("latin-1"))
     with pytest.raises(UsageError, match="latin1.txt:2: not UTF-8"):
-        read_prompt_file(str(tmp_path / "latin1.txt"))
-    assert [p.text for p in read_prompt_file("-", "ünïcode ✓\n".encode())] == ["ünïcode ✓"]
+        list(read_prompt_file(tmp_path / "latin1.txt", "latin1.txt"))
+    (tmp_path / "bom.txt").write_bytes("\ufeffünïcode ✓\n".encode())
+    assert [p.text for p in read_prompt_file(tmp_path / "bom.txt", "bom.txt")] == ["ünïcode ✓"]
 
 
 def test_plan_gives_image_i_seed_plus_i_and_prompt_overrides() -> None:
     prompts = [Prompt("a red circle", "a"), Prompt("a blue square", "b", seed=100, n=3, settings={"sr_steps": 3})]
-    jobs = plan_prompts(prompts, Settings(2, 2, 2), seed=7, n=2, template=DEFAULT_TEMPLATE, source=locate("karlo"))
+    karlo = locate("karlo")
+    planner = Planner(DEFAULT_TEMPLATE, 2, 7, lambda item: ("karlo", karlo), lambda spec, op: Settings(2, 2, 2))
+    jobs = list(planner.jobs(prompts))
     assert [(j.index, j.item, j.i, j.seed) for j in jobs] == [(0, 0, 0, 7), (1, 0, 1, 8), (2, 1, 0, 100),
                                                                (3, 1, 1, 101), (4, 1, 2, 102)]
     assert jobs[3].name == "0003-a-blue-square-101.png"
     assert jobs[0].settings == Settings(2, 2, 2) and jobs[2].settings == Settings(2, 2, 3)
+    assert planner.base_seeded and planner.counts == {2, 3}
     # One engine call per batch: batches never mix settings, and keep the run's order within a setting.
     assert [[j.index for j in b] for b in batches(jobs, 2)] == [[0, 1], [2, 3], [4]]
-    with pytest.raises(UsageError, match="same file name"):
-        plan_prompts([prompts[0], prompts[0]], Settings(), seed=7, n=2, template="{slug}-{i}", source=locate("karlo"))
+    # However long the run, at most `open_groups` partial batches wait: here each prompt (2 images) has its own
+    # settings, so each waits until three newer ones are open, and goes as a batch of 2.
+    mixed = [Prompt("a", "x", settings={"sr_steps": k}) for k in range(2, 12)]
+    assert [[j.index for j in b] for b in batches(planner.jobs(mixed), 4, open_groups=3)] == \
+        [[k, k + 1] for k in range(0, 20, 2)]
 
 
 def test_names_and_slugs() -> None:
@@ -113,12 +120,12 @@ def test_a_full_disk_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_output_directory_checks(tmp_path: Path) -> None:
-    ensure_writable(tmp_path / "new" / "nested")
-    assert (tmp_path / "new" / "nested").is_dir() and list((tmp_path / "new" / "nested").iterdir()) == []
+    check_writable(tmp_path / "new" / "nested")
+    assert not (tmp_path / "new").exists()  # checked, not made: a run that is refused later leaves nothing
     (tmp_path / "file").write_text("x")
     for bad in (tmp_path / "file", tmp_path / "file" / "sub"):
         with pytest.raises(UsageError, match="cannot write to the output directory"):
-            ensure_writable(bad)
+            check_writable(bad)
 
 
 def test_contact_sheet_layout() -> None:

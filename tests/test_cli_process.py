@@ -62,7 +62,7 @@ def test_a_shipped_model_resolves_without_the_hub_client(tmp_path: Path) -> None
     assert result.stdout.strip() == "loaded: []"
 
 
-def test_ctrl_c_stops_cleanly_and_skip_existing_resumes(tiny_karlo: Path, tmp_path: Path) -> None:
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tiny_karlo: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["gen", "a red circle", "-m", str(tiny_karlo), "-n", "5", "--batch-size", "1", "--seed", "3", "-o", str(out),
             *STEPS]
@@ -76,20 +76,22 @@ def test_ctrl_c_stops_cleanly_and_skip_existing_resumes(tiny_karlo: Path, tmp_pa
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
-    written = sorted(out.iterdir())
+    written = sorted(p for p in out.iterdir() if p.name != ".dalle")  # .dalle/ holds the run's manifest
     assert 1 <= len(written) < 5
     assert all(p.suffix == ".png" and not p.name.startswith(".") for p in written)  # no temporary file left
     for path in written:
         with Image.open(path) as image:
             image.load()  # every file is a whole PNG
-    assert stderr.strip().splitlines()[-1] == f"error: interrupted: {len(written)} images written to {out}"
+    count = f"{len(written)} image{'s' * (len(written) != 1)}"
+    assert stderr.strip().splitlines()[-1] == f"error: interrupted: {count} written to {out}"
     assert [first.strip(), *stdout.split()] == [str(p) for p in written]
 
     before = {p.name: p.read_bytes() for p in written}
-    resumed = CliRunner().invoke(app, [*args, "--skip-existing"])
+    resumed = CliRunner().invoke(app, args)  # the same command finishes the run
     assert resumed.exit_code == 0, resumed.output
-    assert f"skipping {len(written)} images whose files exist" in resumed.stderr
-    assert sorted(p.name for p in out.iterdir()) == [f"{k:04d}-a-red-circle-{3 + k}.png" for k in range(5)]
+    assert f"resuming an interrupted run in {out}: {len(written)} of 5 images are already made" in resumed.stderr
+    assert sorted(p.name for p in out.iterdir() if p.name != ".dalle") == \
+        [f"{k:04d}-a-red-circle-{3 + k}.png" for k in range(5)]
     assert all((out / name).read_bytes() == data for name, data in before.items())
 
 

@@ -1,26 +1,35 @@
-"""Prompt files and the list of images a run makes.
+"""What a run makes: its items (prompts, pictures to vary), read from arguments and prompt files as streams, and the
+jobs they give, one per image. No torch here.
 
 A prompt file is UTF-8 text, one prompt per line; blank lines and lines starting with `#` are skipped. A line that
 starts with `{` is a JSON object: `prompt` plus optional `seed`, `n` and the model family's sampling settings
-(`prior_steps`, ..., also accepted nested under `settings`) for that prompt only. The keys of an output record (`path`, `model`, ...) are
-accepted and ignored, so a line of `dalle gen --json` output, or the record inside a PNG, makes its image again.
-No torch here.
+(`prior_steps`, ..., also accepted nested under `settings`) for that prompt only. The record of any image dalle made
+is such a line and makes its image again: a record's `model` (with its `repo_id` and `revision`, or `model_path`)
+names the model unless the command names one, a variation's record (`source`, `source_sha256`) varies its source
+again, and a contact sheet's record (`grid`) stands for the records of the images it shows.
+
+Files are read line by line, and items and jobs are generated as they are needed, so a run's memory does not grow
+with its prompt file. Every limit is the same wherever a value is given: seeds 0 .. 2**63 - 1, counts 1 .. 10,000.
 """
 
+import codecs
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import UsageError
 from ..families import FAMILIES
-from ..registry import is_int_in
+from ..registry import Entry, is_int_in, load_registry, registry_path
 from ..settings import Knob, Settings, check_value
 from ..sources import ModelSource
 from .naming import render_name, slugify
+from .outputs import read_record
 
 MAX_SEED = 2**63 - 1
-RECORD_KEYS = ("path", "index", "model", "repo_id", "revision", "seconds", "dalle")
+MAX_COUNT = 10_000
+RECORD_KEYS = ("path", "index", "model", "repo_id", "revision", "model_path", "seconds", "dalle")
 
 
 def known_settings() -> dict[str, Knob]:
@@ -31,19 +40,38 @@ def known_settings() -> dict[str, Knob]:
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt and its own overrides; `where` names its origin for messages ("prompts.txt:3", "argument 1")."""
+    """A prompt to make images of, with its own overrides; `where` names its origin for messages ("prompts.txt:3",
+    "argument 1"), and `model` is the model its record names (None: the run's)."""
 
     text: str
     where: str
     seed: int | None = None
     n: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A picture to make variations of; `digest` is the sha256 its record says it had (None for a new input)."""
+
+    path: Path
+    where: str
+    seed: int | None = None
+    n: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    digest: str | None = None
+
+
+Item = Prompt | Picture
 
 
 @dataclass(frozen=True)
 class Job:
-    """One image to make: its position `index` in the run, what it is made from (a prompt or a source image),
-    which prompt or input it belongs to (`item`) and its number `i` within it, its seed, settings and file name."""
+    """One image to make: its position `index` in the run, what it is made from (a prompt or a source picture),
+    which item it belongs to (`item`) and its number `i` within it, its seed, settings and file name, the model
+    spec that makes it and the operation ("generate" or "vary")."""
 
     index: int
     item: int
@@ -51,39 +79,68 @@ class Job:
     seed: int
     settings: Settings
     name: str
+    model: str
+    operation: str
     prompt: str | None = None
     source: Path | None = None
 
+    @property
+    def batch_key(self) -> tuple[str, str, Settings]:
+        """Jobs with the same key can be made in one engine call."""
+        return self.model, self.operation, self.settings
 
-def check_seed(seed: int, where: str) -> int:
+
+def check_seed(seed: Any, where: str) -> int:
     """`seed` if it is an integer from 0 to 2**63 - 1, else `UsageError`."""
     if not is_int_in(seed, 0, MAX_SEED):
         raise UsageError(f"{where}: seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     return seed
 
 
-def check_count(n: int, where: str) -> int:
+def check_count(n: Any, where: str) -> int:
     """`n` if it is an integer from 1 to 10000, else `UsageError`."""
-    if not is_int_in(n, 1, 10000):
-        raise UsageError(f"{where}: n must be an integer from 1 to 10000, got {n!r}")
+    if not is_int_in(n, 1, MAX_COUNT):
+        raise UsageError(f"{where}: n must be an integer from 1 to {MAX_COUNT}, got {n!r}")
     return n
 
 
-def _json_prompt(line: str, where: str) -> Prompt:
+@functools.lru_cache(maxsize=4)
+def _registry(path: Path) -> dict[str, Entry]:
+    return load_registry(path)
+
+
+def record_model(raw: dict[str, Any]) -> str | None:
+    """The model spec a record names: its registry alias (while the registry pins the revision it was made with),
+    else its hub repo at its revision, else its folder."""
+    name = raw.get("model")
+    entry = _registry(registry_path()).get(name) if isinstance(name, str) else None
+    if entry is not None:
+        first = next(iter(entry.repos.values()), None)
+        if first is None or raw.get("revision") in (None, first.revision):
+            return name
+    if isinstance(raw.get("repo_id"), str) and isinstance(raw.get("revision"), str):
+        return f"{raw['repo_id']}@{raw['revision']}"
+    if isinstance(raw.get("model_path"), str):
+        return raw["model_path"]
+    return name if isinstance(name, str) else None
+
+
+def _json_items(line: str, where: str) -> Iterator[Item]:
     try:
         raw = json.loads(line)
     except ValueError as e:
         raise UsageError(f"{where}: invalid JSON: {e}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{where}: a line starting with '{{' must be a JSON object")
+    if "grid" in raw:
+        yield from _grid_items(raw, where)
+        return
     knobs = known_settings()
     roles = {role for family in FAMILIES.values() for role in family.roles}  # a record's further parts
-    unknown = sorted(set(raw) - {"prompt", "seed", "n", "settings", *knobs, *RECORD_KEYS, *roles})
+    unknown = sorted(set(raw) - {"prompt", "source", "source_sha256", "seed", "n", "settings", *knobs, *RECORD_KEYS,
+                                 *roles})
     if unknown:
         raise UsageError(f"{where}: unknown key {unknown[0]!r} (use prompt, seed, n, {', '.join(knobs)})")
-    text = raw.get("prompt")
-    if not isinstance(text, str) or not text.strip():
-        raise UsageError(f"{where}: 'prompt' must be a non-empty string")
     nested = raw.get("settings", {})
     if not isinstance(nested, dict):
         raise UsageError(f"{where}: 'settings' must be a JSON object")
@@ -94,37 +151,62 @@ def _json_prompt(line: str, where: str) -> Prompt:
     settings = {key: check_value(key, knobs[key], value, where) for key, value in settings.items()}
     seed = check_seed(raw["seed"], where) if "seed" in raw else None
     n = check_count(raw["n"], where) if "n" in raw else None
-    return Prompt(text.strip(), where, seed, n, settings)
+    model = record_model(raw)
+    if "source" in raw and "prompt" not in raw:
+        if not isinstance(raw["source"], str) or not raw["source"]:
+            raise UsageError(f"{where}: 'source' must be the path of a picture")
+        yield Picture(Path(raw["source"]), where, seed, n, settings, model, raw.get("source_sha256"))
+        return
+    text = raw.get("prompt")
+    if not isinstance(text, str) or not text.strip():
+        raise UsageError(f"{where}: 'prompt' must be a non-empty string")
+    yield Prompt(text.strip(), where, seed, n, settings, model)
 
 
-def parse_prompts(text: str, name: str) -> list[Prompt]:
-    """The prompts of a prompt file's `text`; `name` is used in messages. Raises `UsageError` with the line number
-    for an invalid JSON line, and for a file without any prompt."""
-    prompts = []
-    for number, line in enumerate(text.splitlines(), start=1):
+def _grid_items(raw: dict[str, Any], where: str) -> Iterator[Item]:
+    """A contact sheet's record: the images it shows, each made again from its own record."""
+    paths = raw["grid"]
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise UsageError(f"{where}: 'grid' must list the paths of the images of a contact sheet")
+    for k, path in enumerate(paths):
+        record = read_record(Path(path))  # UsageError naming the file when it is gone or not dalle's
+        yield from _json_items(json.dumps(record), f"{where} (image {k + 1} of its grid, {path})")
+
+
+def parse_prompts(lines: Iterable[str], name: str) -> Iterator[Item]:
+    """The items of a prompt file's lines, one by one; `name` is used in messages. Raises `UsageError` with the line
+    number for an invalid JSON line, and at the end for a file without any prompt."""
+    found = False
+    for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         where = f"{name}:{number}"
-        prompts.append(_json_prompt(line, where) if line.startswith("{") else Prompt(line, where))
-    if not prompts:
+        found = True
+        if line.startswith("{"):
+            yield from _json_items(line, where)
+        else:
+            yield Prompt(line, where)
+    if not found:
         raise UsageError(f"{name} holds no prompts (blank lines and # comments are skipped)")
-    return prompts
 
 
-def read_prompt_file(path: str, stdin: bytes | None = None) -> list[Prompt]:
-    """The prompts of the file at `path`, or of `stdin` when `path` is "-". Raises `UsageError` for a missing,
-    unreadable or non-UTF-8 file."""
-    name = "stdin" if path == "-" else path
+def _decoded(path: Path, name: str) -> Iterator[str]:
+    """The lines of a UTF-8 file (a leading byte-order mark dropped), read one at a time."""
     try:
-        data = stdin if path == "-" and stdin is not None else Path(path).read_bytes()
-        text = data.decode("utf-8-sig")
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    yield (raw.removeprefix(codecs.BOM_UTF8) if number == 1 else raw).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise UsageError(f"{name}:{number}: not UTF-8 text") from None
     except OSError as e:
-        raise UsageError(f"cannot read the prompt file {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise UsageError(f"{name}:{line}: not UTF-8 text") from None
-    return parse_prompts(text, name)
+        raise UsageError(f"cannot read the prompt file {name}: {e.strerror or e}") from None
+
+
+def read_prompt_file(path: Path, name: str) -> Iterator[Item]:
+    """The items of the prompt file at `path` (called `name` in messages), read as they are needed."""
+    return parse_prompts(_decoded(path, name), name)
 
 
 def argument_prompts(arguments: list[str]) -> list[Prompt]:
@@ -136,11 +218,14 @@ def argument_prompts(arguments: list[str]) -> list[Prompt]:
 
 
 def chosen(source: ModelSource, operation: str, base: Settings, given: dict[str, Any], where: str,
-           name: Any = str) -> Settings:
+           name: Callable[[str], str] = str) -> Settings:
     """`base` with the settings `given` for `operation` on the model `source`. Raises `UsageError`, its message
     starting with `where`, for a setting the model's family does not have or that the operation does not read, and
     for a bad value; `name(setting)` is how the message names a setting (the CLI passes its option names)."""
     family = source.family
+    if operation not in family.operations:
+        raise UsageError(f"{where}: {source.name} cannot {operation} ({family.title} models can "
+                         f"{', '.join(family.operations)})")
     for key in given:
         if key not in family.settings.knobs() or not family.applies(key, operation):
             known = ", ".join(name(k) for k in family.settings.knobs() if family.applies(k, operation))
@@ -149,46 +234,57 @@ def chosen(source: ModelSource, operation: str, base: Settings, given: dict[str,
     return base.updated(given, where)
 
 
-def plan_prompts(prompts: list[Prompt], base: Settings, seed: int, n: int, template: str,
-                 source: ModelSource) -> list[Job]:
-    """Every image of a text-to-image run, in order: image i of a prompt gets seed + i, where the prompt's own seed,
-    count and settings override the run's."""
-    jobs: list[Job] = []
-    for item, prompt in enumerate(prompts):
-        settings = chosen(source, "generate", base, prompt.settings, prompt.where)
-        first = prompt.seed if prompt.seed is not None else seed
-        for i in range(prompt.n or n):
-            numbers = dict(index=len(jobs), item=item, i=i, seed=check_seed(first + i, prompt.where))
-            name = render_name(template, slug=slugify(prompt.text), model=slugify(source.name), **numbers)
-            jobs.append(Job(**numbers, settings=settings, name=name, prompt=prompt.text))
-    return _unique(jobs)
+@dataclass
+class Planner:
+    """Turns items into jobs. `model(item)` gives the spec and the source of an item's model, `base(spec, operation)`
+    the run's settings for it; image i of an item gets the item's seed (else `seed`, where `seed_option` says how
+    the user gave it) + i; names come from `template`. `base_seeded` becomes True once a job used `seed`, and
+    `counts` collects the number of images of each item."""
+
+    template: str
+    num: int
+    seed: int
+    model: Callable[[Item], tuple[str, ModelSource]]
+    base: Callable[[str, str], Settings]
+    seed_option: str = "--seed"
+    base_seeded: bool = False
+    counts: set[int] = field(default_factory=set)
+
+    def jobs(self, items: Iterable[Item]) -> Iterator[Job]:
+        """Every image of `items`, in order, as they are needed."""
+        index = 0
+        for number, item in enumerate(items):
+            spec, source = self.model(item)
+            operation = "generate" if isinstance(item, Prompt) else "vary"
+            settings = chosen(source, operation, self.base(spec, operation), item.settings, item.where)
+            n = item.n or self.num
+            self.counts.add(n)
+            first = item.seed if item.seed is not None else self.seed
+            self.base_seeded |= item.seed is None
+            if first + n - 1 > MAX_SEED:
+                given = f"seed {first}" if item.seed is not None else f"{self.seed_option} {first}"
+                raise UsageError(f"{item.where}: {given} with {n} images needs seeds up to {first + n - 1}, past the "
+                                 f"largest seed, {MAX_SEED}")
+            slug = slugify(item.text if isinstance(item, Prompt) else item.path.stem)
+            for i in range(n):
+                numbers = dict(index=index, item=number, i=i, seed=first + i)
+                name = render_name(self.template, slug=slug, model=slugify(source.name), **numbers)
+                yield Job(**numbers, settings=settings, name=name, model=spec, operation=operation,
+                          prompt=item.text if isinstance(item, Prompt) else None,
+                          source=item.path if isinstance(item, Picture) else None)
+                index += 1
 
 
-def plan_sources(sources: list[Path], base: Settings, seed: int, n: int, template: str,
-                 source: ModelSource) -> list[Job]:
-    """Every image of a variations run: n variations of each source, image i of a source with seed + i."""
-    jobs: list[Job] = []
-    for item, path in enumerate(sources):
-        for i in range(n):
-            numbers = dict(index=len(jobs), item=item, i=i, seed=check_seed(seed + i, "--seed"))
-            name = render_name(template, slug=slugify(path.stem), model=slugify(source.name), **numbers)
-            jobs.append(Job(**numbers, settings=base, name=name, source=path))
-    return _unique(jobs)
-
-
-def _unique(jobs: list[Job]) -> list[Job]:
-    seen: dict[str, Job] = {}
+def batches(jobs: Iterable[Job], size: int, open_groups: int = 64) -> Iterator[list[Job]]:
+    """Jobs in batches of at most `size` that share their model, operation and settings (one engine call each),
+    in the run's order within a key. Jobs wait in at most `open_groups` partial batches, so memory stays bounded
+    however long the run; the oldest partial batch goes first when one more is needed."""
+    pending: dict[tuple[str, str, Settings], list[Job]] = {}
     for job in jobs:
-        if job.name in seen:
-            raise UsageError(f"--name gives images {seen[job.name].index} and {job.index} the same file name "
-                             f"{job.name}: add {{index}} to the template")
-        seen[job.name] = job
-    return jobs
-
-
-def batches(jobs: list[Job], size: int) -> list[list[Job]]:
-    """Jobs in batches of at most `size` that share their settings (one engine call each), in the run's order."""
-    groups: dict[Settings, list[Job]] = {}
-    for job in jobs:
-        groups.setdefault(job.settings, []).append(job)
-    return [group[k:k + size] for group in groups.values() for k in range(0, len(group), size)]
+        group = pending.setdefault(job.batch_key, [])
+        group.append(job)
+        if len(group) == size:
+            yield pending.pop(job.batch_key)
+        elif len(pending) > open_groups:
+            yield pending.pop(next(iter(pending)))
+    yield from pending.values()

@@ -6,30 +6,32 @@ with no traceback unless --debug. Exit codes: 0 ok, 1 runtime failure, 2 usage o
 torch is imported only by commands that run a model, so `dalle --help` and `dalle models` start fast.
 """
 
+import functools
+import itertools
 import json
-import secrets
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterable, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+
+try:  # typer keeps its own copy of click since 0.16
+    from typer._click import exceptions as click_errors
+except ImportError:
+    from click import exceptions as click_errors
 
 from .. import __version__
 from ..errors import UsageError
 from ..families import FAMILIES, Family
 from .display import Display, guarded
-from .options import Common, DebugOpt, JsonOpt, QuietOpt, flag, image_command
-
-
-def _seed(seed: int | None, display: Display) -> int:
-    if seed is not None:
-        return seed
-    seed = secrets.randbelow(2**31)
-    display.note(f"seed {seed} (random; --seed {seed} makes the same images again)")
-    return seed
+from .options import Common, DebugOpt, JsonOpt, OfflineOpt, QuietOpt, flag, image_command
 
 
 def _quiet_downloads(quiet: bool) -> None:
@@ -39,33 +41,28 @@ def _quiet_downloads(quiet: bool) -> None:
         disable_progress_bars()
 
 
-def _make(operation: str, common: Common, settings: dict[str, Any], gather: Callable[[], Any],
-          plan: Callable[[Any, Any, Any, int], list[Any]], make: Callable[[Any, Any, list[Any], Callable], list[Any]],
-          digests: Callable[[Any], dict[Path, str]], per_item: Callable[[Any], int]) -> None:
-    """The body of every image-making command: `gather()` the inputs (prompts, pictures), check the name template,
-    find the model, apply the setting options, check the output folder, `plan(inputs, source, settings, seed)` the
-    jobs, then make them batch by batch (`make(model, inputs, batch, progress)`) and write them."""
-    from .runs import Run, Tally, execute
+def _make(display: Display, tally: Any, common: Common, settings: dict[str, Any], items: Callable[[], Iterable[Any]],
+          inputs: dict[str, Any], digests: dict[Path, str]) -> None:
+    """The body of every image-making command: check the name template and the output folder, then run `items()`
+    (called once per pass) through `runs.execute`. `inputs` identifies the items for the run's manifest."""
+    from .batch import chosen
+    from .naming import check_template
+    from .outputs import check_writable
+    from .runs import Models, Request, execute
 
-    display, tally = Display(common.quiet, common.json_lines), Tally()
-    with guarded(display, common.debug, tally, common.out):
-        from ..sources import locate
-        from .batch import chosen
-        from .naming import check_template
-        from .outputs import ensure_writable
-
-        _quiet_downloads(common.quiet)
-        inputs = gather()
-        check_template(common.name)
-        source = locate(common.model, offline=common.offline, on_notice=display.note)
-        base = chosen(source, operation, source.defaults, settings, "options", name=flag)
-        ensure_writable(common.out)
-        jobs = plan(inputs, source, base, _seed(common.seed, display))
-        options = {"device": common.device.value, "dtype": common.dtype.value, "low_vram": common.low_vram,
-                   "offline": common.offline}
-        run = Run(source, options, common.out, common.batch_size, common.skip_existing, common.grid, per_item(inputs))
-        execute(run, operation, jobs, lambda model, batch, progress: make(model, inputs, batch, progress),
-                digests(inputs), tally, display)
+    _quiet_downloads(common.quiet)
+    check_template(common.name)
+    check_writable(common.out)
+    default = os.environ.get("DALLE_MODEL") or "karlo"
+    options = {"device": common.device.value, "dtype": common.dtype.value, "low_vram": common.low_vram,
+               "offline": common.offline}
+    models = Models(common.model, default, settings, common.offline, options, display.note,
+                    functools.partial(chosen, name=flag))
+    identity = {"inputs": inputs, "model": common.model or default, "settings": settings, "num": common.num,
+                "seed": common.seed, "name": common.name}
+    request = Request(items, identity, models, common.out, common.name, common.num, common.seed, common.batch_size,
+                      common.skip_existing, common.grid, digests)
+    execute(request, display, tally)
 
 
 def gen(
@@ -74,31 +71,39 @@ def gen(
     prompt_file: Annotated[Optional[str], typer.Option(
         "--prompts", "-f", metavar="FILE", help="Read prompts from FILE (- for stdin): UTF-8, one per line, "
                                                 "# comments; a JSON object line sets prompt, seed, n and settings "
-                                                "for that prompt.")] = None,
+                                                "for that prompt, and an image's record makes it again.")] = None,
     *, common: Common, settings: dict[str, Any],
 ) -> None:
     """Make images from text prompts."""
-    from .batch import argument_prompts, plan_prompts, read_prompt_file
+    from .runs import Tally
 
-    def gather() -> list[Any]:
-        found = argument_prompts(prompts or [])
-        if prompt_file is not None:
-            found += read_prompt_file(prompt_file, sys.stdin.buffer.read() if prompt_file == "-" else None)
-        if not found:
+    display, tally = Display(common.quiet, common.json_lines), Tally()
+    with guarded(display, common.debug, tally, common.out), tempfile.TemporaryDirectory(prefix="dalle-") as spool:
+        from .batch import argument_prompts, read_prompt_file
+        from .runs import file_digest
+
+        given = argument_prompts(prompts or [])
+        if not given and prompt_file is None:
             raise UsageError("no prompt: give one or more prompts, or -f FILE")
-        return found
+        path, name = None, None
+        if prompt_file == "-":  # read twice (checked, then made), so kept in a file, never in memory
+            path, name = Path(spool) / "stdin", "stdin"
+            with open(path, "wb") as f:
+                shutil.copyfileobj(sys.stdin.buffer, f)
+        elif prompt_file is not None:
+            path, name = Path(prompt_file), prompt_file
+            if not path.is_file():
+                raise UsageError(f"cannot read the prompt file {prompt_file}: "
+                                 f"{'it is a directory' if path.is_dir() else 'No such file or directory'}")
 
-    def make(engine: Any, found: list[Any], batch: list[Any], progress: Callable) -> list[Any]:
-        return engine.generate([job.prompt for job in batch], [job.seed for job in batch], batch[0].settings,
-                               progress=progress)
+        def items() -> Iterable[Any]:
+            return itertools.chain(given, read_prompt_file(path, name) if path is not None else ())
 
-    def per_item(found: list[Any]) -> int:
-        counts = {prompt.n or common.num for prompt in found}
-        return counts.pop() if len(counts) == 1 else 1
-
-    _make("generate", common, settings, gather,
-          lambda found, source, base, seed: plan_prompts(found, base, seed, common.num, common.name, source),
-          make, lambda found: {}, per_item)
+        try:
+            file = file_digest(path) if path is not None else None
+        except OSError as e:
+            raise UsageError(f"cannot read the prompt file {prompt_file}: {e.strerror or e}") from None
+        _make(display, tally, common, settings, items, {"prompts": [p.text for p in given], "file": file}, {})
 
 
 def vary(
@@ -107,25 +112,31 @@ def vary(
     *, common: Common, settings: dict[str, Any],
 ) -> None:
     """Make variations of images (EXIF orientation honoured, transparency flattened onto white)."""
-    from ..images import load_image
-    from .batch import plan_sources
-    from .runs import file_digest
+    from .runs import Tally
 
-    def gather() -> dict[Path, Any]:
-        return {Path(image): load_image(image) for image in images}
+    display, tally = Display(common.quiet, common.json_lines), Tally()
+    with guarded(display, common.debug, tally, common.out):
+        from PIL import Image
 
-    def make(engine: Any, pictures: dict[Path, Any], batch: list[Any], progress: Callable) -> list[Any]:
-        return engine.vary([pictures[job.source] for job in batch], [job.seed for job in batch], batch[0].settings,
-                           progress=progress)
+        from .batch import Picture
+        from .runs import file_digest
 
-    _make("vary", common, settings, gather,
-          lambda found, source, base, seed: plan_sources(list(found), base, seed, common.num, common.name, source),
-          make, lambda found: {path: file_digest(path) for path in found}, lambda found: common.num)
+        digests = {}
+        for image in images:  # every input is checked and hashed first, but decoded only when its batch is made
+            try:
+                with Image.open(image):
+                    pass
+                digests[Path(image)] = file_digest(Path(image))
+            except Exception as e:  # Pillow raises many error types for files it cannot identify
+                raise UsageError(f"cannot read image {image}: {e}") from None
+        pictures = [Picture(Path(image), f"image {k + 1}") for k, image in enumerate(images)]
+        _make(display, tally, common, settings, lambda: pictures,
+              {"pictures": [[str(p), d] for p, d in digests.items()]}, digests)
 
 
 def pull(
     model: Annotated[str, typer.Argument(help="Registry alias or hub id owner/name[@revision].", show_default=False)],
-    quiet: QuietOpt = False, debug: DebugOpt = False,
+    offline: OfflineOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
 ) -> None:
     """Download a model (and every part its operations use, such as the image encoder of Karlo's variations) ahead
     of use. Resumes; prints the model's folder."""
@@ -136,7 +147,7 @@ def pull(
         from ..sources import pull as fetch_model
 
         _quiet_downloads(quiet)
-        folders = fetch_model(model, on_notice=display.note)
+        folders = fetch_model(model, offline=offline, on_notice=display.note)
         if not any(from_hub for _, from_hub in folders):
             display.note(f"{model} is a local folder: nothing to download")
         for folder, _ in folders:
@@ -150,7 +161,7 @@ def models(json_lines: JsonOpt = False, debug: DebugOpt = False) -> None:
     with guarded(display, debug):
         from ..hub import cache_dir
         from ..registry import format_size
-        from .runs import model_rows
+        from .system import model_rows
 
         rows = model_rows()
         if json_lines:
@@ -173,7 +184,7 @@ def info(json_lines: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Versions, devices, VRAM and the download cache, for bug reports."""
     display = Display()
     with guarded(display, debug):
-        from .runs import system_info
+        from .system import system_info
 
         facts = system_info()
         if json_lines:
@@ -198,10 +209,32 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+class OneLineErrors(TyperGroup):
+    """The command group, with click's usage errors (an unknown option, a bad value) shown as one line, as every
+    other error is, instead of click's usage, hint and error block."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click_errors.ClickException as e:
+            command = e.ctx.command_path if getattr(e, "ctx", None) is not None else "dalle"
+            sys.stderr.write(f"error: {e.format_message()} (see `{command} --help`)\n")
+            sys.exit(e.exit_code)
+        except click_errors.Abort:
+            sys.stderr.write("error: aborted\n")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 def make_app(families: Iterable[Family] = FAMILIES.values()) -> typer.Typer:
     """The `dalle` command line, with the settings options of `families`."""
-    app = typer.Typer(name="dalle", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                      rich_markup_mode=None,
+    app = typer.Typer(name="dalle", cls=OneLineErrors, no_args_is_help=True, add_completion=False,
+                      pretty_exceptions_enable=False, rich_markup_mode=None,
                       help="Make images from text, and variations of images, with DALL·E 2-style (unCLIP) models "
                            "on your own machine.")
     app.callback()(_main)

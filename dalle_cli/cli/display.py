@@ -100,20 +100,23 @@ class Meter:
 @contextmanager
 def guarded(display: Display, debug: bool, tally: Any = None, out: Path | None = None) -> Iterator[None]:
     """Run a command body: a `DalleError` becomes one error line and its exit code, Ctrl-C exit code 130 with the
-    number of images written, anything else exit code 1; tracebacks only with --debug."""
+    number of images written (or what an interrupted download kept), anything else exit code 1; tracebacks only
+    with --debug."""
+    written = (lambda: tally.written) if tally is not None else (lambda: 0)
     try:
         yield
     except typer.Exit:
         raise
-    except KeyboardInterrupt:
-        count = len(tally.written) if tally is not None else 0
-        display.error(f"interrupted: {count} images written" + (f" to {out}" if out is not None else ""))
+    except KeyboardInterrupt as e:
+        count = f"{written()} image{'s' * (written() != 1)} written" + (f" to {out}" if out is not None else "")
+        display.error(f"interrupted: {e}; {count}" if str(e) else f"interrupted: {count}")
         raise typer.Exit(130) from None
     except Exception as e:
         if debug:
             traceback.print_exc(file=sys.stderr)
-        count = f" ({len(tally.written)} images were written)" if tally is not None and tally.written else ""
-        display.error(describe(e) + count)
+        count = f" ({written()} image{'s' * (written() != 1)} {'was' if written() == 1 else 'were'} written)" \
+            if written() else ""
+        display.error(describe(e, debug) + count)
         raise typer.Exit(e.exit_code if isinstance(e, DalleError) else 1) from None
 
 
@@ -127,13 +130,15 @@ ADVICE = {
 }
 
 
-def describe(e: Exception) -> str:
+def describe(e: Exception, debug: bool = False) -> str:
     """The one line an error shows: a `DalleError`'s message with the advice for its hint; anything else as
-    unexpected."""
+    unexpected (with the advice to run again with --debug, unless it is on)."""
     torch = sys.modules.get("torch")
     if isinstance(e, DalleError):
         return str(e) + (ADVICE[e.hint].format(**e.facts) if e.hint else "")
     if isinstance(e, MemoryError) or (torch is not None and isinstance(e, torch.OutOfMemoryError)):
         return "out of memory" + ADVICE["low_vram"]
     first = str(e).splitlines()[0] if str(e) else ""
-    return f"unexpected {type(e).__name__}: {first} (run again with --debug for the traceback, and please report it)"
+    advice = "please report it, with the traceback above" if debug else \
+        "run again with --debug for the traceback, and please report it"
+    return f"unexpected {type(e).__name__}: {first} ({advice})"

@@ -42,6 +42,9 @@ def check_template(template: str) -> None:
                          f"{', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)})")
     if not names & {"index", "seed", "i"}:
         raise UsageError("--name must hold {index}, {seed} or {i}, or every image would get the same name")
+    # Render once with the widest values, so a spec that cannot format them (or asks for a million-character
+    # field) is refused now, before any model loads.
+    render_name(template, index=10**6, slug="x" * 60, seed=2**63 - 1, i=10**4, item=10**6, model="x" * 60)
 
 
 def render_name(template: str, **fields: Any) -> str:
@@ -49,8 +52,10 @@ def render_name(template: str, **fields: Any) -> str:
     for a format spec that does not fit its value, or a name that is empty or holds a path separator."""
     try:
         name = template.format(**fields)
-    except (ValueError, TypeError, IndexError) as e:
+    except (ValueError, TypeError, IndexError, OverflowError) as e:
         raise UsageError(f"--name {template!r}: {e}") from None
+    except MemoryError:
+        raise UsageError(f"--name {template!r}: a field is too wide to format") from None
     if not name.lower().endswith(".png"):
         name += ".png"
     if name == ".png" or name.startswith(".") or "/" in name or os.sep in name:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Callable, Iterable, Optional
 import typer
 
 from ..families import FAMILIES, Family
+from .batch import MAX_COUNT, MAX_SEED
 from .naming import DEFAULT_TEMPLATE
 
 TYPES = {"steps": int, "guidance": float, "pixels": int, "text": str}
@@ -32,12 +33,15 @@ class DType(str, Enum):
     bf16 = "bf16"
 
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", envvar="DALLE_MODEL", show_default=True,
-                                       help="Registry alias (see `dalle models`), hub id owner/name[@revision], or "
-                                            "a local folder.")]
-NumOpt = Annotated[int, typer.Option("--num", "-n", min=1, help="Images per prompt (per input image for vary).")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Image i of a prompt gets seed + i. "
-                                                "Default: a random base seed, which is reported.")]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", show_default=False,
+    help="Registry alias (see `dalle models`), hub id owner/name[@revision], or a local folder. Default: the model "
+         "an image's record names, else $DALLE_MODEL, else karlo.")]
+NumOpt = Annotated[int, typer.Option("--num", "-n", min=1, max=MAX_COUNT,
+                                     help="Images per prompt (per input image for vary).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, max=MAX_SEED,
+                                                help="Image i of a prompt gets seed + i. Default: a random base "
+                                                     "seed, which is reported (and reused to resume the run).")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
 NameOpt = Annotated[str, typer.Option("--name", help="File name template; fields {index} {slug} {seed} {i} {item} "
                                                      "{model}, Python format specs allowed.")]
@@ -82,7 +86,7 @@ def setting_parameters(operation: str, families: Iterable[Family]) -> list[inspe
 class Common:
     """The options every image-making command shares."""
 
-    model: str
+    model: str | None
     num: int
     seed: int | None
     out: Path
@@ -100,7 +104,7 @@ class Common:
 
 
 # The shared options with their defaults, split where the settings options go in --help.
-BEFORE_SETTINGS = {"model": (ModelOpt, "karlo"), "num": (NumOpt, 1), "seed": (SeedOpt, None)}
+BEFORE_SETTINGS = {"model": (ModelOpt, None), "num": (NumOpt, 1), "seed": (SeedOpt, None)}
 AFTER_SETTINGS = {"out": (OutOpt, Path("outputs")), "name": (NameOpt, DEFAULT_TEMPLATE), "device": (DeviceOpt, Device.auto),
                   "dtype": (DTypeOpt, DType.auto), "batch_size": (BatchOpt, 4), "low_vram": (LowVramOpt, False),
                   "offline": (OfflineOpt, False), "json_lines": (JsonOpt, False), "quiet": (QuietOpt, False),

@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,85 @@ from ..errors import DalleError, UsageError
 
 RECORD_KEY = "dalle"  # the PNG text chunk holding the record
 NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK)
+TEMP_SUFFIX = ".{pid}.tmp"
+LEFTOVER = re.compile(r"\..+\.(?P<pid>\d+)\.tmp")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
-def ensure_writable(folder: Path) -> None:
-    """Create `folder` if needed and check a file can be created in it; `UsageError` otherwise."""
+def check_writable(folder: Path) -> None:
+    """Raise `UsageError` unless files can be written in `folder`, which need not exist yet: then its nearest existing
+    parent must be a writable folder. Nothing is created, so a run refused later leaves no empty folder behind."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot write to the output directory {folder}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to the output directory {folder}: {probe} is not writable")
+
+
+def name_limit(folder: Path) -> int:
+    """The longest file name in bytes that dalle gives an image in `folder`: the file system's limit less the room
+    its hidden temporary name (`.NAME.PID.tmp`) and a "-NNN" suffix for a taken name need."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".dalle-write-test.{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"cannot write to the output directory {folder}: {e.strerror or e}") from None
+        longest = os.pathconf(probe, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    return longest - len(".." + TEMP_SUFFIX.format(pid=4194304)) - len("-999")
+
+
+def looks_complete(path: Path) -> bool:
+    """Whether `path` is a whole PNG file: its signature first and its IEND chunk last (two small reads, so a resume
+    over many files stays fast). A file cut short by a kill, or a 0-byte one, is not."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(-12, os.SEEK_END)
+            tail = f.read(12)
+    except OSError:
+        return False
+    return head == PNG_SIGNATURE and tail == PNG_END
+
+
+def put_aside(path: Path) -> Path:
+    """Rename a damaged file to NAME.damaged (or .damaged-1, ...), so its name is free again and nothing is lost."""
+    aside = _free_name(path.with_name(path.name + ".damaged"))
+    os.replace(path, aside)
+    return aside
+
+
+def remove_leftovers(folder: Path) -> int:
+    """Remove the hidden temporary files that killed runs left in `folder` (`.NAME.PID.tmp` whose process is gone);
+    a live process's are never touched. Returns how many were removed."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        match = LEFTOVER.fullmatch(entry.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        try:
+            os.unlink(entry.path)
+            removed += 1
+        except OSError:
+            pass  # another run removed it, or it cannot be: leave it
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _free_name(target: Path) -> Path:
@@ -58,16 +127,17 @@ def _claim(temporary: Path, final: Path) -> bool:
     return True
 
 
-def write_png(image: Image.Image, target: Path, record: dict[str, Any]) -> Path:
+def write_png(image: Image.Image, target: Path, record: dict[str, Any], replace: bool = False) -> Path:
     """Write `image` as a PNG at `target`, or at `target` with "-1", "-2", ... added when that name is taken, with
-    `record` plus its final "path" as JSON in the `dalle` text chunk. Returns the path written.
+    `record` plus its final "path" as JSON in the `dalle` text chunk. Returns the path written. With `replace`, a
+    file at `target` is replaced instead (a run's own contact sheet, remade on resume).
 
     Atomic: the bytes go to a hidden temporary file that is flushed to disk before it gets its name. Raises
     `DalleError` when the disk is full or the file cannot be written; the temporary file is removed either way."""
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary = target.with_name("." + target.name + TEMP_SUFFIX.format(pid=os.getpid()))
     try:
         while True:
-            final = _free_name(target)
+            final = target if replace else _free_name(target)
             info = PngInfo()
             info.add_itxt(RECORD_KEY, json.dumps({**record, "path": str(final)}, ensure_ascii=False))
             info.add_text("Software", f"dalle {record.get('dalle', '')}".strip())
@@ -75,6 +145,9 @@ def write_png(image: Image.Image, target: Path, record: dict[str, Any]) -> Path:
                 image.save(f, format="PNG", pnginfo=info)
                 f.flush()
                 os.fsync(f.fileno())
+            if replace:
+                os.replace(temporary, final)
+                return final
             if _claim(temporary, final):
                 return final
     except OSError as e:
@@ -82,7 +155,10 @@ def write_png(image: Image.Image, target: Path, record: dict[str, Any]) -> Path:
             raise DalleError(f"the disk is full: could not write {target}") from None
         raise DalleError(f"cannot write {target}: {e.strerror or e}") from None
     finally:
-        temporary.unlink(missing_ok=True)
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass  # never hide the error that stopped the write
 
 
 def read_record(path: Path) -> dict[str, Any]:
@@ -94,7 +170,13 @@ def read_record(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read {path}: {e}") from None
     if text is None:
         raise UsageError(f"{path} holds no dalle record")
-    return json.loads(text)
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise UsageError(f"{path}: its dalle record is not a JSON object")
+    return record
 
 
 def grid_columns(count: int, per_item: int) -> int:

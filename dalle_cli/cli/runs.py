@@ -1,34 +1,58 @@
-"""What a CLI run does between parsing and printing: make the planned images batch by batch, write each as soon as
-its batch returns, and describe the system and the known models for `dalle info` and `dalle models`.
+"""What a CLI run does between parsing and printing: check every job, then make them batch by batch, writing each
+image as soon as its batch returns, so an interrupted run loses at most the batch in flight.
 
-Writing per batch means an interrupted run loses at most the batch in flight, and `--skip-existing` resumes it.
+A run goes over its items twice, streaming both times. The first pass checks every job (settings, seeds, file names,
+models) and counts what is left to make, before any model loads or any file is written; the second makes the images.
+
+**Resuming.** Each run keeps a manifest in the output folder, `.dalle/run-KEY.json`, where KEY is a digest of what
+decides the run's images: the command, its inputs (prompts, the prompt file's bytes, the pictures' bytes), the
+model, the settings, counts, seed and name template. It holds the base seed the run drew when no `--seed` was given,
+and whether the run finished. Running the same command again after an interruption finds the unfinished manifest and
+resumes: the same seed, and every image whose file is whole is kept as it is. With `--skip-existing` a finished
+run's seed is reused too, so repeating the command makes nothing twice. A file that is there but damaged (cut short
+by a kill) is renamed NAME.damaged and its image made again.
 """
 
 import hashlib
-import importlib.metadata
+import json
 import os
-import platform
-import sys
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Protocol
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol
 
 from PIL import Image
 
 from .. import __version__, load
 from ..api import ModelInfo, ProgressCallback
-from ..sources import ModelSource
-from .batch import Job, batches
-from .outputs import contact_sheet, grid_columns, write_png
+from ..errors import UsageError
+from ..images import load_image
+from ..settings import Settings
+from ..sources import ModelSource, locate
+from .batch import Item, Job, Planner, batches
+from .outputs import (check_writable, contact_sheet, grid_columns, looks_complete, name_limit, put_aside, read_record,
+                      remove_leftovers, write_png)
+
+MANIFESTS = ".dalle"
 
 
 @dataclass
 class Tally:
-    """Images of a run by their index: `written` (the path each got) and `skipped` (files that already existed)."""
+    """A run's images: how many were `written` and `skipped`, and (for the contact sheet, when asked for) the path of
+    each image by its index."""
 
-    written: dict[int, Path] = field(default_factory=dict)
-    skipped: dict[int, Path] = field(default_factory=dict)
+    written: int = 0
+    skipped: int = 0
+    paths: dict[int, Path] | None = None
+
+    def add(self, job: Job, path: Path, made: bool) -> None:
+        if made:
+            self.written += 1
+        else:
+            self.skipped += 1
+        if self.paths is not None:
+            self.paths[job.index] = path
 
 
 class Observer(Protocol):
@@ -44,54 +68,6 @@ class Observer(Protocol):
         """A batch's images are all written."""
 
 
-def file_digest(path: Path) -> str:
-    """The sha256 of a file's bytes, recorded with variations so the source can be matched later."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def record(job: Job, info: ModelInfo, stages: tuple[str, ...], seconds: float,
-           digest: str | None = None) -> dict[str, Any]:
-    """The reproduction record of one image (printed with --json and stored in the PNG): what it was made from,
-    its seed, the model (name, repo id, revision, further parts) and the settings its operation's `stages` read, and
-    the seconds it took (its share of its batch)."""
-    if job.prompt is not None:
-        made_from: dict[str, Any] = {"prompt": job.prompt}
-    else:
-        made_from = {"source": str(job.source), "source_sha256": digest}
-    return {**made_from, "seed": job.seed, "index": job.index, "model": info.name, "repo_id": info.repo_id,
-            "revision": info.revision, **info.extras, "settings": job.settings.used(stages),
-            "seconds": round(seconds, 3), "dalle": __version__}
-
-
-def make_images(make: Callable[[list[Job], ProgressCallback], list[Image.Image]], jobs: list[Job], out: Path,
-                batch_size: int, info: Callable[[], ModelInfo], stages: tuple[str, ...], digests: dict[Path, str],
-                tally: Tally, observer: Observer) -> None:
-    """Make `jobs` in batches with `make(batch, progress)`, writing each image to `out` as soon as its batch returns
-    and entering it in `tally`, so an interruption loses at most the batch in flight."""
-    for batch in batches(jobs, batch_size):
-        progress = observer.batch(batch)
-        start = time.perf_counter()
-        images = make(batch, progress)
-        seconds = (time.perf_counter() - start) / len(batch)
-        for job, image in zip(batch, images, strict=True):
-            entry = record(job, info(), stages, seconds, digests.get(job.source) if job.source else None)
-            tally.written[job.index] = write_png(image, out / job.name, entry)
-            observer.image({**entry, "path": str(tally.written[job.index])})
-        observer.finished(batch)
-
-
-def write_grid(tally: Tally, out: Path, per_item: int) -> Path:
-    """A contact sheet of every image of the run, made or skipped, in order, written as grid.png (or grid-1.png, ...)
-    in `out`."""
-    paths = [path for _, path in sorted({**tally.skipped, **tally.written}.items())]
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
-    sheet = contact_sheet(images, grid_columns(len(images), per_item))
-    return write_png(sheet, out / "grid.png", {"grid": [str(p) for p in paths], "dalle": __version__})
-
-
 class Reporter(Protocol):
     """How a run talks to the user (the CLI's display)."""
 
@@ -102,117 +78,265 @@ class Reporter(Protocol):
         """A warning for people."""
 
     def progress(self, images: int, steps: int) -> ContextManager[Observer]:
-        """An observer of the making of `images` images in `steps` sampler steps in all."""
+        """An observer of the making of `images` images in `steps` progress events in all."""
 
 
-@dataclass(frozen=True)
-class Run:
-    """What gen and vary share: the model `source` and the keyword arguments of `load`, the output folder, the batch
-    size, whether to skip images whose files exist, and whether to write a contact sheet of `per_item` columns."""
+def file_digest(path: Path) -> str:
+    """The sha256 of a file's bytes, read in chunks: recorded with variations so the source can be matched later."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    source: ModelSource
-    load_options: dict[str, Any]
+
+def record(job: Job, info: ModelInfo, stages: tuple[str, ...], seconds: float,
+           digest: str | None = None) -> dict[str, Any]:
+    """The reproduction record of one image (printed with --json and stored in the PNG): what it was made from,
+    its seed, the model (name, repo id, revision or folder, further parts) and the settings its operation's `stages`
+    read, and the seconds it took (its share of its batch)."""
+    if job.prompt is not None:
+        made_from: dict[str, Any] = {"prompt": job.prompt}
+    else:
+        made_from = {"source": str(job.source), "source_sha256": digest}
+    where = {"repo_id": info.repo_id, "revision": info.revision} if info.repo_id else {"model_path": info.path}
+    return {**made_from, "seed": job.seed, "index": job.index, "model": info.name, **where, **info.extras,
+            "settings": job.settings.used(stages), "seconds": round(seconds, 3), "dalle": __version__}
+
+
+class Models:
+    """The models of a run: the spec of each item's model (the command's `--model`, else the one its record names,
+    else `default`), each spec located once, the run's settings for it, and one model loaded at a time."""
+
+    def __init__(self, explicit: str | None, default: str, given: dict[str, Any], offline: bool,
+                 load_options: dict[str, Any], notice: Callable[[str], None], check: Callable[..., Settings]) -> None:
+        self.explicit, self.default, self.given, self.offline = explicit, default, given, offline
+        self.load_options, self.notice, self.check = load_options, notice, check
+        self.sources: dict[str, ModelSource] = {}
+        self.bases: dict[tuple[str, str], Settings] = {}
+        self.loaded: tuple[str, Any] | None = None
+
+    def of(self, item: Item) -> tuple[str, ModelSource]:
+        spec = self.explicit or item.model or self.default
+        if spec not in self.sources:
+            self.sources[spec] = locate(spec, offline=self.offline, on_notice=self.notice)
+        return spec, self.sources[spec]
+
+    def base(self, spec: str, operation: str) -> Settings:
+        key = (spec, operation)
+        if key not in self.bases:
+            source = self.sources[spec]
+            self.bases[key] = self.check(source, operation, source.defaults, self.given, "options")
+        return self.bases[key]
+
+    def model(self, spec: str) -> Any:
+        """The loaded model of `spec`; loading another frees the one before (a run rarely switches models)."""
+        if self.loaded is None or self.loaded[0] != spec:
+            self.loaded = None
+            self.loaded = (spec, load(self.sources[spec], **self.load_options, on_notice=self.notice))
+        return self.loaded[1]
+
+
+@dataclass
+class Manifest:
+    """What a run keeps in its output folder to be resumed: its key, base seed and whether it finished."""
+
+    path: Path
+    seed: int
+    finished: bool = False
+    images: int = 0
+
+    @staticmethod
+    def find(out: Path, key: str) -> "Manifest | None":
+        path = out / MANIFESTS / f"run-{key[:24]}.json"
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return Manifest(path, int(raw["seed"]), bool(raw["finished"]), int(raw.get("images", 0)))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # none yet, or unreadable: the run starts afresh
+
+    def save(self, command: dict[str, Any]) -> None:
+        """Write the manifest atomically (a temporary file renamed over it)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        body = {"seed": self.seed, "finished": self.finished, "images": self.images, "command": command,
+                "dalle": __version__}
+        temporary.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        os.replace(temporary, self.path)
+
+
+@dataclass
+class Request:
+    """One image-making command: its `items()` (called once per pass), what identifies it (`identity`, hashed into
+    the run key), where and how to write, and the run's models."""
+
+    items: Callable[[], Iterable[Item]]
+    identity: dict[str, Any]
+    models: Models
     out: Path
+    template: str
+    num: int
+    seed: int | None
     batch_size: int
     skip_existing: bool = False
     grid: bool = False
-    per_item: int = 1
+    digests: dict[Path, str] = field(default_factory=dict)
 
 
-def execute(run: Run, operation: str, jobs: list[Job],
-            make: Callable[[Any, list[Job], ProgressCallback], list[Image.Image]], digests: dict[Path, str],
-            tally: Tally, reporter: Reporter) -> None:
-    """Make and write the images of `jobs` by `operation`: skip existing files when asked, load the model (only when
-    something is left to make) with what the operation needs, warn about prompts cut to the model's token limit, then
-    `make(model, batch, progress)` batch by batch, and write the contact sheet."""
-    todo = []
-    for job in jobs:
-        if run.skip_existing and (run.out / job.name).exists():
-            tally.skipped[job.index] = run.out / job.name
-        else:
-            todo.append(job)
-    if tally.skipped:
-        reporter.note(f"skipping {len(tally.skipped)} images whose files exist")
-    if todo:
-        model = load(run.source, **run.load_options, on_notice=reporter.note)
-        model.prepare(operation)
-        for text in dict.fromkeys(job.prompt for job in todo if job.prompt is not None):
-            cut = model.prompt_overflow(text)
-            if cut:
-                start = text if len(text) <= 40 else text[:40] + "..."
-                reporter.warn(f"prompt {start!r} is longer than {model.max_tokens} tokens; this part is cut: {cut!r}")
-        family = run.source.family
-        events = sum(family.events(operation, batch[0].settings) for batch in batches(todo, run.batch_size))
-        with reporter.progress(len(todo), events) as observer:
-            make_images(lambda batch, progress: make(model, batch, progress), todo, run.out, run.batch_size,
-                        lambda: model.info, family.operations[operation], digests, tally, observer)
-    if run.grid:
-        reporter.note(f"contact sheet: {write_grid(tally, run.out, run.per_item)}")
-    skipped = f" ({len(tally.skipped)} skipped)" if tally.skipped else ""
-    reporter.note(f"{len(tally.written)} images written to {run.out}{skipped}")
+def run_key(identity: dict[str, Any]) -> str:
+    """The digest that names a run's manifest."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+@dataclass
+class Plan:
+    """What the checking pass found: the images to make and to skip, and the progress events of those to make."""
+
+    todo: int = 0
+    skipped: int = 0
+    events: int = 0
+    base_seeded: bool = False
 
 
-def _devices() -> dict[str, Any]:
-    try:
-        import torch
-    except Exception as e:  # a broken torch install is exactly what a bug report needs to show
-        return {"torch": f"cannot import torch: {e}"}
-    from ..devices import mps_available
+def _check(request: Request, planner: Planner, skip: bool) -> Plan:
+    """Go over every job once without making anything: every value is checked and every name is rendered, so a bad
+    line or name stops the run before any model loads. Counts the images to make and their progress events."""
+    plan, limit, names = Plan(), name_limit(request.out), set()
+    unique = "{index" in request.template  # names hold the index: unique by construction, no need to keep them
 
-    found: dict[str, Any] = {"torch": torch.__version__, "cpu threads": torch.get_num_threads(),
-                             "cuda": torch.version.cuda or "not built with CUDA", "mps": mps_available()}
-    if torch.cuda.is_available():
-        for k in range(torch.cuda.device_count()):
-            free, total = torch.cuda.mem_get_info(k)
-            found[f"cuda:{k}"] = (f"{torch.cuda.get_device_name(k)}, {total / 2**30:.1f} GiB VRAM, "
-                                  f"{free / 2**30:.1f} GiB free")
+    def todo() -> Iterator[Job]:
+        for job in planner.jobs(request.items()):
+            size = len(os.fsencode(job.name))
+            if size > limit:
+                raise UsageError(f"--name gives image {job.index} the file name {job.name[:40]!r}... of {size} bytes; "
+                                 f"this folder allows {limit} (its limit less room for dalle's temporary file)")
+            if not unique:
+                if job.name in names:
+                    raise UsageError(f"--name gives two images the same file name {job.name}: add {{index}} to "
+                                     "the template")
+                names.add(job.name)
+            if skip and looks_complete(request.out / job.name):
+                plan.skipped += 1
+            else:
+                yield job
+
+    for batch in batches(todo(), request.batch_size):
+        plan.todo += len(batch)
+        family = request.models.sources[batch[0].model].family
+        plan.events += family.events(batch[0].operation, batch[0].settings)
+    plan.base_seeded = planner.base_seeded
+    return plan
+
+
+def execute(request: Request, reporter: Reporter, tally: Tally) -> None:
+    """Check, then make and write the images of `request` (see the module docstring), and the contact sheet."""
+    key = run_key(request.identity)
+    manifest = Manifest.find(request.out, key)
+    resuming = manifest is not None and not manifest.finished
+    reuse = request.seed is None and manifest is not None and (resuming or request.skip_existing)
+    seed = request.seed if request.seed is not None else manifest.seed if reuse else secrets.randbelow(2**31)
+    skip = request.skip_existing or resuming
+    seed_option = "--seed" if request.seed is not None else "the base seed"
+    planner = Planner(request.template, request.num, seed, request.models.of, request.models.base, seed_option)
+    plan = _check(request, planner, skip)
+    if plan.base_seeded and request.seed is None:
+        how = "the interrupted run's" if resuming else "the last run's" if reuse else "random"
+        reporter.note(f"seed {seed} ({how}; --seed {seed} makes the same images again)")
+    if resuming:
+        reporter.note(f"resuming an interrupted run in {request.out}: {plan.skipped} of {plan.skipped + plan.todo} "
+                      "images are already made")
+    elif plan.skipped:
+        reporter.note(f"skipping {plan.skipped} image{'s' * (plan.skipped != 1)} whose files exist")
+    tally.paths = {} if request.grid else None
+    manifest = manifest or Manifest(request.out / MANIFESTS / f"run-{key[:24]}.json", seed)
+    manifest.seed, manifest.images, manifest.finished = seed, plan.todo + plan.skipped, False
+    if plan.todo:
+        _make(request, planner, skip, plan, manifest, reporter, tally)
     else:
-        found["cuda devices"] = 0
-    return found
+        tally.skipped = plan.skipped
+        if tally.paths is not None:
+            tally.paths.update({job.index: request.out / job.name for job in planner.jobs(request.items())})
+    if manifest.path.parent.parent.is_dir():
+        manifest.finished = True
+        manifest.save(request.identity)
+    if request.grid and tally.paths:
+        per_item = planner.counts.pop() if len(planner.counts) == 1 else 1
+        reporter.note(f"contact sheet: {write_grid(tally.paths, request.out, per_item, key)}")
+    skipped = f" ({tally.skipped} skipped)" if tally.skipped else ""
+    reporter.note(f"{tally.written} image{'s' * (tally.written != 1)} written to {request.out}{skipped}")
 
 
-def system_info() -> dict[str, Any]:
-    """Versions, devices, VRAM, the download cache and the registry, for bug reports."""
-    from huggingface_hub import constants
+def _make(request: Request, planner: Planner, skip: bool, plan: Plan, manifest: Manifest, reporter: Reporter,
+          tally: Tally) -> None:
+    """The making pass: load each batch's model, make the batch, write its images."""
+    warned: set[str] = set()
+    started = False
 
-    from ..registry import registry_path
+    def jobs() -> Iterator[Job]:
+        for job in planner.jobs(request.items()):
+            target = request.out / job.name
+            if skip and looks_complete(target):
+                tally.add(job, target, made=False)
+                continue
+            if skip and target.exists():
+                reporter.warn(f"{target} is damaged (not a whole PNG): kept as {put_aside(target)}, made again")
+            yield job
 
-    packages = ("huggingface_hub", "safetensors", "pillow", "tqdm", "typer", "rich")
-    return {
-        "dalle": __version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        **{package: _version(package) for package in packages},
-        **_devices(),
-        "hub cache": constants.HF_HUB_CACHE,
-        "hub endpoint": constants.ENDPOINT,
-        "offline (HF_HUB_OFFLINE)": constants.is_offline_mode(),
-        "token (HF_TOKEN)": "set" if os.environ.get("HF_TOKEN") else "not set",
-        "registry": str(registry_path()),
-    }
+    with reporter.progress(plan.todo, plan.events) as observer:
+        for batch in batches(jobs(), request.batch_size):
+            model = request.models.model(batch[0].model)
+            model.prepare(batch[0].operation)
+            if not started:  # the output folder is made only once a model is ready to make something
+                request.out.mkdir(parents=True, exist_ok=True)
+                removed = remove_leftovers(request.out)
+                if removed:
+                    reporter.note(f"removed {removed} temporary file{'s' * (removed != 1)} left by killed runs")
+                manifest.save(request.identity)
+                started = True
+            for text in dict.fromkeys(job.prompt for job in batch if job.prompt is not None):
+                cut = model.prompt_overflow(text)
+                if cut and text not in warned:
+                    warned.add(text)
+                    start = text if len(text) <= 40 else text[:40] + "..."
+                    reporter.warn(f"prompt {start!r} is longer than {model.max_tokens} tokens; this part is cut: "
+                                  f"{cut!r}")
+            _make_batch(request, model, batch, observer, tally)
 
 
-def model_rows() -> list[dict[str, Any]]:
-    """One row per registry entry: alias, kind, family, where it comes from, its size, license, and what is on
-    disk."""
-    from ..hub import status
-    from ..registry import load_registry
+def _make_batch(request: Request, model: Any, batch: list[Job], observer: Observer, tally: Tally) -> None:
+    progress = observer.batch(batch)
+    first = batch[0]
+    start = time.perf_counter()
+    if first.operation == "generate":
+        images = model.generate([job.prompt for job in batch], [job.seed for job in batch], first.settings,
+                                progress=progress)
+    else:
+        pictures = [load_image(job.source) for job in batch]  # decoded batch by batch, never all at once
+        images = model.vary(pictures, [job.seed for job in batch], first.settings, progress=progress)
+    seconds = (time.perf_counter() - start) / len(batch)
+    stages = model.family.operations[first.operation]
+    for job, image in zip(batch, images, strict=True):
+        digest = (request.digests.get(job.source) or file_digest(job.source)) if job.source else None
+        entry = record(job, model.info, stages, seconds, digest)
+        path = write_png(image, request.out / job.name, entry)
+        tally.add(job, path, made=True)
+        observer.image({**entry, "path": str(path)})
+    observer.finished(batch)
 
-    rows = []
-    for alias, entry in load_registry().items():
-        state = status(entry)
-        source = " + ".join(f"{repo.repo_id}@{repo.revision}" for repo in entry.repos.values()) or str(entry.path)
-        rows.append({
-            "name": alias, "kind": entry.kind, "family": entry.family, "description": entry.description,
-            "source": source, "size_bytes": entry.size_bytes, "size_exact": entry.size_exact, "license": entry.license,
-            "state": state.state, "on_disk_bytes": state.size, "folder": str(state.folder) if state.folder else None,
-            "image_encoder": entry.image_encoder,
-        })
-    return rows
+
+def write_grid(paths: dict[int, Path], out: Path, per_item: int, key: str) -> Path:
+    """A contact sheet of every image of the run, made or skipped, in order, as grid.png in `out`. A resumed run
+    replaces its own sheet; a sheet of another run is kept, and this one is grid-1.png (or -2, ...)."""
+    ordered = [path for _, path in sorted(paths.items())]
+    images = []
+    for path in ordered:
+        with Image.open(path) as image:
+            images.append(image.convert("RGB"))
+    sheet = contact_sheet(images, grid_columns(len(images), per_item))
+    target = out / "grid.png"
+    try:
+        own = read_record(target).get("run") == key[:24]
+    except UsageError:
+        own = False
+    return write_png(sheet, target, {"grid": [str(p) for p in ordered], "run": key[:24], "dalle": __version__},
+                     replace=own)
