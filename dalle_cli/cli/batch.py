@@ -17,7 +17,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from ..errors import UsageError
 from ..families import FAMILIES
@@ -67,11 +67,10 @@ class Picture:
 Item = Prompt | Picture
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
     """One image to make: its position `index` in the run, what it is made from (a prompt or a source picture),
     which item it belongs to (`item`) and its number `i` within it, its seed, settings and file name, the model
-    spec that makes it and the operation ("generate" or "vary")."""
+    spec that makes it and the operation ("generate" or "vary"). A tuple, since a run makes a million of them."""
 
     index: int
     item: int
@@ -253,10 +252,17 @@ class Planner:
     def jobs(self, items: Iterable[Item]) -> Iterator[Job]:
         """Every image of `items`, in order, as they are needed."""
         index = 0
+        settings_of: dict[tuple[str, str, str], Settings] = {}  # most lines share their settings: check them once
+        slugs: dict[str, str] = {}
         for number, item in enumerate(items):
             spec, source = self.model(item)
             operation = "generate" if isinstance(item, Prompt) else "vary"
-            settings = chosen(source, operation, self.base(spec, operation), item.settings, item.where)
+            key = (spec, operation, json.dumps(item.settings, sort_keys=True) if item.settings else "")
+            if key not in settings_of:
+                if len(settings_of) > 1024:
+                    settings_of.clear()
+                settings_of[key] = chosen(source, operation, self.base(spec, operation), item.settings, item.where)
+            settings = settings_of[key]
             n = item.n or self.num
             self.counts.add(n)
             first = item.seed if item.seed is not None else self.seed
@@ -265,13 +271,14 @@ class Planner:
                 given = f"seed {first}" if item.seed is not None else f"{self.seed_option} {first}"
                 raise UsageError(f"{item.where}: {given} with {n} images needs seeds up to {first + n - 1}, past the "
                                  f"largest seed, {MAX_SEED}")
-            slug = slugify(item.text if isinstance(item, Prompt) else item.path.stem)
+            if spec not in slugs:
+                slugs[spec] = slugify(source.name)
+            prompt, path = (item.text, None) if isinstance(item, Prompt) else (None, item.path)
+            slug = slugify(prompt if prompt is not None else path.stem)
             for i in range(n):
-                numbers = dict(index=index, item=number, i=i, seed=first + i)
-                name = render_name(self.template, slug=slug, model=slugify(source.name), **numbers)
-                yield Job(**numbers, settings=settings, name=name, model=spec, operation=operation,
-                          prompt=item.text if isinstance(item, Prompt) else None,
-                          source=item.path if isinstance(item, Picture) else None)
+                name = render_name(self.template, index=index, item=number, i=i, seed=first + i, slug=slug,
+                                   model=slugs[spec])
+                yield Job(index, number, i, first + i, settings, name, spec, operation, prompt, path)
                 index += 1
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import UsageError
 
 DEFAULT_TEMPLATE = "{index:04d}-{slug}-{seed}"
+NOT_SLUG = re.compile(r"[^a-z0-9]+")
 TEMPLATE_FIELDS = {
     "index": "position of the image in this run, from 0",
     "slug": "the prompt (or the input file's name) in lowercase ASCII words joined by '-'",
@@ -23,8 +24,8 @@ TEMPLATE_FIELDS = {
 def slugify(text: str, limit: int = 60) -> str:
     """`text` as a file-name-safe slug: accents dropped, lowercase ASCII letters and digits in words joined by '-',
     at most `limit` characters, cut at a word boundary. "image" when nothing is left."""
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    ascii_text = text if text.isascii() else unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = NOT_SLUG.sub("-", ascii_text.lower()).strip("-")
     if len(slug) > limit:
         slug = slug[:limit + 1].rsplit("-", 1)[0] if "-" in slug[:limit + 1] else slug[:limit]
     return slug or "image"
