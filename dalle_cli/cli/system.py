@@ -66,9 +66,11 @@ def model_rows() -> list[dict[str, Any]]:
     for alias, entry in load_registry().items():
         state = status(entry)
         source = " + ".join(f"{repo.repo_id}@{repo.revision}" for repo in entry.repos.values()) or str(entry.path)
+        local = entry.path is not None and state.state == "downloaded"  # a folder's size is read from the disk
         rows.append({
             "name": alias, "kind": entry.kind, "family": entry.family, "description": entry.description,
-            "source": source, "size_bytes": entry.size_bytes, "size_exact": entry.size_exact, "license": entry.license,
+            "source": source, "size_bytes": state.size if local else entry.size_bytes,
+            "size_exact": local or entry.size_exact, "license": entry.license,
             "state": state.state, "on_disk_bytes": state.size, "folder": str(state.folder) if state.folder else None,
             "image_encoder": entry.image_encoder,
         })
