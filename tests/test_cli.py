@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from dalle_cli import __version__
 from dalle_cli.cli import Display, app
 from dalle_cli.cli.outputs import read_record
+from dalle_cli.registry import format_size
 from dalle_cli.api import Progress
 from dalle_cli.families.unclip.pipeline import UnCLIP
 
@@ -247,7 +248,11 @@ def test_models_lists_the_registry_with_what_is_on_disk(tiny_karlo: Path, tmp_pa
     assert result.exit_code == 0, result.output
     here = next(line for line in result.stdout.splitlines() if line.startswith("here"))
     away = next(line for line in result.stdout.splitlines() if line.startswith("away"))
-    assert "yes (" in here and "123 B" in here and "no" in away and "~13.7 GB" in away
+    # A local folder's size is read from the disk (its registry size_bytes is not trusted), a hub model's from the
+    # registry.
+    on_disk = format_size(sum(p.stat().st_size for p in tiny_karlo.rglob("*") if p.is_file()))
+    assert f"{on_disk} yes ({on_disk})" in " ".join(here.split()) and "123 B" not in here and "no" in away \
+        and "~13.7 GB" in away
     rows = [json.loads(line) for line in dalle("models", "--json", env={"DALLE_REGISTRY": str(registry)}).stdout
             .splitlines()]
     assert [(r["name"], r["state"]) for r in rows] == [("here", "downloaded"), ("away", "missing")]
