@@ -7,12 +7,17 @@ their [-1, 1] output, so saved images match the reference byte for byte. Only to
 """
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageChops, ImageMath, ImageOps
 
 from .errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from PIL import ImageCms
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -70,18 +75,129 @@ class PreprocessConfig:
                               f"filters {', '.join(map(str, PIL_FILTERS))})")
 
 
+# Modes whose own `convert("RGB")` is right: checked with pure red, green, blue, white, black and mid grey (YCbCr
+# lands within 1 of the RGB values, the others exactly). CMYK uses the naive formula R = (255 - C)(255 - K) / 255.
+_PLAIN_MODES = frozenset({"1", "L", "P", "PA", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "HSV"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_PREMULTIPLIED_MODES = frozenset({"La", "RGBa"})
+
+
+def _round_to_l(image: Image.Image, scale: float) -> Image.Image:
+    """An "I" or "F" image whose values times `scale` lie in 0..255, as L with each value rounded half up. Pillow
+    truncates when it converts to L, so adding 0.5 first rounds; `point` with a linear function runs in C."""
+    return image.point(lambda v: v * scale + 0.5).convert("L")
+
+
+def _integer_to_l(image: Image.Image) -> Image.Image:
+    """An "I" or "I;16*" image as L: 16-bit values v become round(v / 257); an "I" image whose values all lie in 0..255
+    keeps them. Raises `UsageError` for "I" values below 0 or above 65535."""
+    wide = image.convert("I")  # Pillow's getextrema and point take "I" but not the byte-ordered 16-bit modes
+    if image.mode == "I":
+        low, high = wide.getextrema()
+        if low < 0 or high > 65535:
+            raise UsageError(f"32-bit integer pixels outside 0..65535 (min {low}, max {high})")
+        if high <= 255:
+            return wide.convert("L")
+    return _round_to_l(wide, 1 / 257)  # v / 257 is never half-way between integers, so half-up equals round()
+
+
+def _short(value: float) -> str:
+    """A float32 value as few digits as tell it apart: -3.2, not -3.200000047683716."""
+    return str(float(f"{value:.6g}"))
+
+
+def _float_to_l(image: Image.Image) -> Image.Image:
+    """An "F" image as L: values all in [0, 1] are multiplied by 255, else values all in [0, 255] kept, then rounded.
+    Raises `UsageError` otherwise, and for NaN or infinite values."""
+    # NaN is the only value unequal to itself; getextrema skips a NaN unless it is the first pixel, so look for it
+    if ImageMath.lambda_eval(lambda a: a["x"] != a["x"], x=image).getextrema()[1]:
+        raise UsageError("32-bit float pixels include NaN (dalle reads float pixels that all lie in 0..1 or in 0..255)")
+    low, high = image.getextrema()
+    if low < 0 or high > 255:
+        raise UsageError(f"32-bit float pixels outside 0..1 and 0..255 (min {_short(low)}, max {_short(high)})")
+    return _round_to_l(image, 255 if high <= 1 else 1)
+
+
+def _opacity(image: Image.Image, transparent: float) -> Image.Image:
+    """An L mask of an "I", "I;16*" or "F" image: 0 where a pixel equals `transparent` (PNG's tRNS grey), else 255.
+    Compared before scaling to 8 bits, where neighbouring values would merge; Pillow's own transparency conversion
+    compares after clipping to 0..255, so it misses every transparent value above 255."""
+    wide = image if image.mode == "F" else image.convert("I")
+    return ImageMath.lambda_eval(lambda a: (a["x"] != a["t"]) * 255, x=wide, t=transparent).convert("L")
+
+
+def _flatten_premultiplied(image: Image.Image) -> Image.Image:
+    """A "La" or "RGBa" image (colour already multiplied by alpha) composited onto white: c·a/255 + 255 - a per
+    band, which for premultiplied c' is c' + (255 - a). Pillow converts neither mode correctly to RGB ("La" not at
+    all, "RGBa" by dropping alpha, which composites onto black)."""
+    *colours, alpha = image.split()
+    see_through = ImageOps.invert(alpha)
+    bands = [ImageChops.add(colour, see_through) for colour in colours]  # add clips at 255
+    return Image.merge("RGB", bands * 3 if len(bands) == 1 else bands)
+
+
+@lru_cache(maxsize=1)
+def _lab_to_srgb() -> "ImageCms.ImageCmsTransform":
+    """LittleCMS's CIE L*a*b* (D50, Pillow's 8-bit encoding: L 0..255 for 0..100, a and b offset by 128) to sRGB
+    transform. Raises `UsageError` when Pillow was built without LittleCMS."""
+    try:
+        from PIL import ImageCms
+    except ImportError:
+        raise UsageError("LAB pixels need Pillow built with LittleCMS, and this Pillow is not") from None
+    # cmsFLAGS_NOOPTIMIZE: the precomputed table Pillow's own LAB conversion uses turns white into (254, 255, 254)
+    # and black into (1, 0, 1); the exact pipeline keeps both, at about 0.2 s per megapixel
+    return ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB",
+                                   flags=0x0100)
+
+
+def _has_transparency(image: Image.Image) -> bool:
+    """Whether an 8-bit `image` carries transparency: an alpha band, a transparent colour or palette entry, or a
+    palette with alpha."""
+    return ("A" in image.getbands() or image.info.get("transparency") is not None
+            or (image.mode == "P" and image.palette is not None and image.palette.mode.endswith("A")))
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """`image` in RGB mode; any transparency (an alpha band or a transparent palette entry) is composited onto white."""
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
+    """`image` as 8-bit RGB with its range kept, any transparency composited onto white. Every mode of this Pillow
+    (`PIL.Image.MODES`) is converted or refused:
+
+    - 1, L, P, PA, LA, RGB, RGBA, RGBX, CMYK, YCbCr, HSV: Pillow's conversion (CMYK by the naive formula, without
+      an ICC profile).
+    - La, RGBa (premultiplied alpha): composited onto white directly.
+    - LAB: LittleCMS's L*a*b* (D50) to sRGB; refused when Pillow lacks LittleCMS.
+    - I;16, I;16L, I;16B, I;16N: 0..65535 scaled to 0..255, round(v / 257).
+    - I: values all in 0..255 kept; else, all in 0..65535, scaled as 16-bit; negative values or values above 65535
+      refused.
+    - F: values all in [0, 1] times 255, else values all in [0, 255] kept, rounded; anything else (NaN and
+      infinities too) refused.
+    - a transparent grey (PNG tRNS) of an I, I;16* or F image is matched exactly, before scaling.
+    - any other mode (none in Pillow 13) refused.
+
+    Raises `UsageError` with a one-line message naming the mode or the range for a refused image.
+    """
+    mode = image.mode
+    if mode == "F" or mode == "I" or mode in _SIXTEEN_BIT_MODES:
+        grey = _float_to_l(image) if mode == "F" else _integer_to_l(image)
+        transparent = image.info.get("transparency")
+        if transparent is None:
+            return grey.convert("RGB")
+        image = Image.merge("LA", (grey, _opacity(image, transparent)))
+    elif mode in _PREMULTIPLIED_MODES:
+        return _flatten_premultiplied(image)
+    elif mode == "LAB":
+        return _lab_to_srgb().apply(image)
+    elif mode not in _PLAIN_MODES:
+        raise UsageError(f"{mode} pixels are not supported")
+    if _has_transparency(image):
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
     return image.convert("RGB")
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Read a user's picture in any format Pillow reads, upright (EXIF orientation applied) and in RGB with
-    transparency flattened onto white. Raises `UsageError("cannot read image <path>: ...")` for a missing,
-    unreadable or non-image file."""
+    """Read a user's picture in any format Pillow reads, upright (EXIF orientation applied) and in 8-bit RGB with its
+    range kept and transparency flattened onto white (see `to_rgb`). Raises `UsageError("cannot read image <path>:
+    ...")` for a missing, unreadable or non-image file, and for pixels `to_rgb` refuses."""
     try:
         with Image.open(path) as image:
             return to_rgb(ImageOps.exif_transpose(image))
