@@ -10,6 +10,15 @@ only, no attention, that read the noisy high-resolution image concatenated with 
 Both configurations load from diffusers checkpoints: the decoder is a `UNet2DConditionModel` with
 ResnetDownsample/SimpleCrossAttn blocks, the upsamplers `UNet2DModel`s with Resnet(Down|Up)sample blocks. Parameter
 names follow those classes. See `unet_blocks.py` for the blocks.
+
+Kandinsky 2.2's decoder (kandinsky-community/kandinsky-2-2-decoder) is the same `UNet2DConditionModel` denoising
+4-channel MoVQ latents, conditioned on the CLIP image embedding only (`addition_embed_type` "image" and
+`encoder_hid_dim_type` "image_proj", see `image_conditioning.py`): no text tokens, no class labels, no mask.
+The copy of its config in tests/data/reference lacks `up_block_types` and `sample_size`. The tests assume
+["SimpleCrossAttnUpBlock2D"] * 3 + ["ResnetUpsampleBlock2D"] and 64, the mirror of its down blocks as in Karlo's
+decoder, whose layout it shares, and as in the Kandinsky 2.1 conversion config (NOTES.md there). dalle itself assumes
+nothing: it builds what a config says, and a real config with other up blocks builds those or raises `ConfigError`
+(a missing `up_block_types` means diffusers' default CrossAttn blocks, which dalle rejects).
 """
 
 from dataclasses import dataclass, replace
@@ -22,6 +31,7 @@ from torch import nn
 from ..configs import check_choice
 from ..errors import ConfigError, UsageError
 from .embeddings import ACTIVATIONS, TimestepEmbedding, timestep_embedding
+from .image_conditioning import ImageContextTokens, ImageTimeEmbedding
 from .unet_blocks import AttentionFactory, DownBlock, MidBlock, ResnetSettings, TextImageAttention, UpBlock
 
 # The defaults that differ between diffusers' two UNet classes, as (UNet2DConditionModel, UNet2DModel).
@@ -49,7 +59,9 @@ class UNetConfig:
     Only `UNet2DConditionModel` configs have the `cross_attention_dim` key, so it tells the two apart. Where the two
     classes' defaults differ (`CLASS_DEFAULTS`), the field defaults to None and resolves to the default of the class
     the config describes. `layers_per_block`, `attention_head_dim` and `cross_attention_dim` are one value for every
-    level or one per level.
+    level or one per level. Keys not declared here are ignored (`configs.from_config`): they select options dalle's
+    block types do not have (e.g. `dual_cross_attention`, `upcast_attention` only concern CrossAttn blocks) or are
+    only read with an option `_check_config` rejects (`addition_embed_type_num_heads` only with "text").
     """
 
     sample_size: int | None = None  # the resolution the network was trained at
@@ -79,10 +91,18 @@ class UNetConfig:
     conv_in_kernel: int = 3
     conv_out_kernel: int = 3
     add_attention: bool = True  # UNet2DModel: attention in the bottleneck
+    # Image conditioning (Kandinsky 2.2): the width of `image_embeds`, and what is made of them.
+    encoder_hid_dim: int | None = None
+    addition_embed_type: str | None = None  # "image": LayerNorm(Linear(image_embeds)) joins the time embedding
+    encoder_hid_dim_type: str | None = None  # "image_proj": the context tokens are made from image_embeds
     # Options dalle does not implement: each must keep the reference default.
     timestep_post_act: str | None = None
-    addition_embed_type: str | None = None
-    encoder_hid_dim_type: str | None = None
+    time_cond_proj_dim: int | None = None
+    num_class_embeds: int | None = None
+    class_embeddings_concat: bool = False
+    only_cross_attention: bool | tuple[bool, ...] = False
+    mid_block_only_cross_attention: bool | None = None
+    cross_attention_norm: str | None = None
 
     def __post_init__(self) -> None:
         for key, defaults in CLASS_DEFAULTS.items():
@@ -91,8 +111,18 @@ class UNetConfig:
 
     @property
     def conditional(self) -> bool:
-        """True for a text-conditional `UNet2DConditionModel`, False for a `UNet2DModel`."""
+        """True for a `UNet2DConditionModel` (text- or image-conditional), False for a `UNet2DModel`."""
         return self.cross_attention_dim is not None
+
+    @property
+    def image_conditional(self) -> bool:
+        """True when the forward needs `image_embeds` (Kandinsky 2.2's decoder)."""
+        return self.addition_embed_type is not None or self.encoder_hid_dim_type is not None
+
+    @property
+    def context_from_image(self) -> bool:
+        """True when the attention context is made from `image_embeds`, not passed as `encoder_hidden_states`."""
+        return self.encoder_hid_dim_type == "image_proj"
 
 
 def _per_level(value: Any, levels: int) -> tuple[Any, ...]:
@@ -116,8 +146,13 @@ def _check_config(c: UNetConfig, name: str) -> None:
     for key in ("act_fn", "time_embedding_act_fn"):
         if getattr(c, key) is not None:
             check_choice(name, key, getattr(c, key).lower(), tuple(ACTIVATIONS))
-    for key in ("timestep_post_act", "addition_embed_type", "encoder_hid_dim_type"):
+    for key in ("timestep_post_act", "time_cond_proj_dim", "num_class_embeds", "cross_attention_norm"):
         check_choice(name, key, getattr(c, key), (None,))
+    check_choice(name, "class_embeddings_concat", c.class_embeddings_concat, (False,))
+    for value in _per_level(c.only_cross_attention, levels):
+        check_choice(name, "only_cross_attention", value, (False,))
+    check_choice(name, "mid_block_only_cross_attention", c.mid_block_only_cross_attention, (None, False))
+    _check_image_conditioning(c, name)
     if not len(c.down_block_types) == len(c.up_block_types) == levels:
         raise ConfigError(f"{name}: block_out_channels, down_block_types and up_block_types must have the same length")
     for key in ("layers_per_block", "attention_head_dim", "cross_attention_dim"):
@@ -128,11 +163,39 @@ def _check_config(c: UNetConfig, name: str) -> None:
                           f"{c.norm_num_groups}")
 
 
+def _check_image_conditioning(c: UNetConfig, name: str) -> None:
+    """The image-embedding options: only Kandinsky 2.2's "image" / "image_proj", each optional, on a decoder."""
+    # diffusers reads an `encoder_hid_dim` without a type as "text_proj" (a Linear on encoder_hidden_states).
+    hid_type = c.encoder_hid_dim_type or ("text_proj" if c.encoder_hid_dim is not None else None)
+    supported = (None, "image_proj") if c.conditional else (None,)
+    check_choice(name, "encoder_hid_dim_type", hid_type, supported)
+    check_choice(name, "addition_embed_type", c.addition_embed_type, (None, "image") if c.conditional else (None,))
+    if c.image_conditional and c.encoder_hid_dim is None:
+        raise ConfigError(f"{name}: addition_embed_type {c.addition_embed_type!r} and encoder_hid_dim_type "
+                          f"{c.encoder_hid_dim_type!r} need encoder_hid_dim, the width of the image embeddings")
+    if c.context_from_image and not isinstance(c.cross_attention_dim, int):
+        raise ConfigError(f"{name}: encoder_hid_dim_type 'image_proj' needs one cross_attention_dim for all levels, "
+                          f"not {c.cross_attention_dim}")
+
+
+def _check_inputs(c: UNetConfig, **inputs: torch.Tensor | None) -> None:
+    """Raise `UsageError` unless exactly the conditioning inputs that config `c` reads are given."""
+    needed = {
+        "encoder_hidden_states": c.conditional and not c.context_from_image,
+        "class_labels": c.class_embed_type == "identity",
+        "image_embeds": c.image_conditional,
+    }
+    for key, value in inputs.items():
+        if needed[key] != (value is not None):
+            raise UsageError(f"{key} {'are required' if needed[key] else 'are not used'} here")
+
+
 class UNet(nn.Module):
     """The diffusion UNet: conv_in, `len(block_out_channels)` down levels, the bottleneck, as many up levels reading
     the down levels' states as skips, then GroupNorm -> nonlinearity -> conv_out.
 
-    Raises `ConfigError` for block types or options outside the Karlo family (see `_check_config`).
+    Raises `ConfigError` for block types or options outside the Karlo and Kandinsky 2.2 families (see
+    `_check_config`).
     """
 
     def __init__(self, config: UNetConfig):
@@ -152,6 +215,10 @@ class UNet(nn.Module):
 
         self.conv_in = nn.Conv2d(c.in_channels, channels[0], c.conv_in_kernel, padding=(c.conv_in_kernel - 1) // 2)
         self.time_embedding = TimestepEmbedding(channels[0], time_dim, outer_act)
+        if c.context_from_image:
+            self.encoder_hid_proj = ImageContextTokens(c.encoder_hid_dim, c.cross_attention_dim)
+        if c.addition_embed_type == "image":
+            self.add_embedding = ImageTimeEmbedding(c.encoder_hid_dim, time_dim)
         res = ResnetSettings(time_dim, c.norm_num_groups, c.norm_eps, self.act,
                              c.resnet_time_scale_shift == "scale_shift", c.resnet_out_scale_factor)
 
@@ -176,15 +243,18 @@ class UNet(nn.Module):
         self.conv_norm_out = nn.GroupNorm(c.norm_num_groups, channels[0], eps=c.norm_eps)
         self.conv_out = nn.Conv2d(channels[0], c.out_channels, c.conv_out_kernel, padding=(c.conv_out_kernel - 1) // 2)
 
-    def _time_embedding(self, sample: torch.Tensor, timestep: int | torch.Tensor,
-                        class_labels: torch.Tensor | None) -> torch.Tensor:
-        """The activated time embedding the residual blocks read: [B, time_dim]."""
+    def _time_embedding(self, sample: torch.Tensor, timestep: int | torch.Tensor, class_labels: torch.Tensor | None,
+                        image_embeds: torch.Tensor | None) -> torch.Tensor:
+        """The activated time embedding the residual blocks read: [B, time_dim]. The additive terms are summed in the
+        reference's order (timestep, class labels, image), which fixes the rounding."""
         c = self.config
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])  # [B]
         emb = timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)  # [B, C0] float32
         emb = self.time_embedding(emb.to(sample.dtype))  # [B, time_dim]
         if class_labels is not None:
             emb = emb + class_labels.to(sample.dtype)
+        if c.addition_embed_type == "image":
+            emb = emb + self.add_embedding(image_embeds)
         if self.time_embed_act is not None:
             emb = self.time_embed_act(emb)
         return emb if c.resnet_skip_time_act else self.act(emb)
@@ -196,28 +266,32 @@ class UNet(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
         class_labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the network output (noise, plus variance weights with learned variance) for a noisy sample.
 
         sample [B, in_channels, H, W] with H and W multiples of 2 ** (levels - 1); timestep an int, or a tensor of
         one or B timesteps. The decoder also takes the context tokens encoder_hidden_states [B, S, cross_attention_dim]
         with attention_mask [B, S] (True or 1: attend; None: attend to all), and with class_embed_type "identity" the
-        additive embedding class_labels [B, time_dim]. Returns [B, out_channels, H, W]. Raises `UsageError` for a
-        sample size the levels cannot halve, or conditioning the config does not call for.
+        additive embedding class_labels [B, time_dim]. Kandinsky 2.2's decoder takes the image embeddings
+        image_embeds [B, encoder_hid_dim] instead of encoder_hidden_states (diffusers' `added_cond_kwargs=
+        {"image_embeds": ...}`): its context is the `IMAGE_TOKENS` tokens projected from them, which attention_mask
+        (rarely wanted) would then mask. Returns [B, out_channels, H, W]. Raises `UsageError` for a sample size the
+        levels cannot halve, or conditioning the config does not call for.
         """
         c = self.config
         factor = 2 ** (len(c.block_out_channels) - 1)
         if sample.shape[-2] % factor or sample.shape[-1] % factor:
             raise UsageError(f"UNet input {tuple(sample.shape[-2:])} is not a multiple of {factor} pixels")
-        if c.conditional != (encoder_hidden_states is not None):
-            raise UsageError(f"encoder_hidden_states {'are required' if c.conditional else 'are not used'} here")
-        if (c.class_embed_type == "identity") != (class_labels is not None):
-            raise UsageError(f"class_labels {'are not used' if class_labels is not None else 'are required'} here")
+        _check_inputs(c, encoder_hidden_states=encoder_hidden_states, class_labels=class_labels,
+                      image_embeds=image_embeds)
         if c.center_input_sample:
             sample = 2 * sample - 1.0
-        temb = self._time_embedding(sample, timestep, class_labels)
+        if image_embeds is not None:
+            image_embeds = image_embeds.to(sample.dtype)
+        temb = self._time_embedding(sample, timestep, class_labels, image_embeds)
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # [B, 1, 1, S]
-        context = encoder_hidden_states
+        context = self.encoder_hid_proj(image_embeds) if c.context_from_image else encoder_hidden_states
 
         x = self.conv_in(sample)  # [B, C0, H, W]
         skips = [x]
@@ -230,3 +304,4 @@ class UNet(nn.Module):
             x = block(x, skips[-n:], temb, context, mask)
             del skips[-n:]
         return self.conv_out(self.out_act(self.conv_norm_out(x)))  # [B, out_channels, H, W]
+
