@@ -19,6 +19,7 @@ from safetensors import safe_open
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .configs import from_config, read_json
 from .errors import CheckpointError
 from .registry import PICKLE_SUFFIXES
 
@@ -144,3 +145,11 @@ def load_weights(
     if leftover:
         raise CheckpointError(f"{component}: tensors not filled from the checkpoint: {', '.join(leftover[:3])}")
     return module.eval().requires_grad_(False)
+
+
+def load_component(folder: Path, name: str, config_cls: type, module_cls: Callable[[Any], M], dtype: torch.dtype,
+                   device: torch.device | str) -> M:
+    """The component `name` of a model folder: `module_cls(config)` for its `name/config.json`, filled from its
+    weights (see `load_weights`)."""
+    config = from_config(config_cls, read_json(folder / name / "config.json"))
+    return load_weights(lambda: module_cls(config), folder / name, name, dtype, device)

@@ -12,11 +12,13 @@ Hints:
 - "offline": models already downloaded work without the network.
 - "vary": the model has no prior, so it makes variations of images only.
 - "info": the torch build and the devices it sees explain it.
+- "part": the model needs a part of another model (`facts["role"]`, a Kandinsky decoder's "prior"); `facts["example"]`
+  names a model that has one.
 """
 
 from typing import Any
 
-HINTS = ("low_vram", "pull", "offline", "vary", "info")
+HINTS = ("low_vram", "pull", "offline", "vary", "info", "part")
 
 
 class DalleError(Exception):
@@ -61,3 +63,15 @@ class DownloadError(DalleError):
 
 class OutOfMemoryError(DalleError):
     """The accelerator ran out of memory (hint "low_vram")."""
+
+
+class DownloadInterrupted(KeyboardInterrupt):
+    """A download stopped by an interrupt (Ctrl-C). Not a `DalleError`: it stays a `KeyboardInterrupt`, so callers
+    that handle interrupts keep doing so (the CLI exits with `exit_code`, 130). Its message is one line saying what the
+    cache kept; `facts` hold `model`, `kept` and `total` (files) and `size` (the bytes kept)."""
+
+    exit_code: int = 130
+
+    def __init__(self, message: str, **facts: Any) -> None:
+        super().__init__(message)
+        self.facts = facts

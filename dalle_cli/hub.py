@@ -5,10 +5,25 @@ Downloads go through huggingface_hub into its standard cache, so
 registry entry lists are fetched (for other hub ids: JSON configs, tokenizer merges and `*.safetensors`), never pickle
 twins. The total size is announced before the first byte, and huggingface_hub resumes a dropped transfer with a Range
 request. Every failure becomes a one-line `DalleError`. Importing this module does not import torch.
-"""
 
+Every network wait is bounded by huggingface_hub's own settings (environment variables it reads when imported):
+- `HF_HUB_ETAG_TIMEOUT` (default 10 s) bounds each metadata request: the file listing a fetch asks for first (said
+  beforehand through `on_notice`: what is asked, of which endpoint, for how long), huggingface_hub's own listing and
+  its look-up of each file. A listing that does not answer in time fails the fetch at once with a one-line
+  `DownloadError` naming the endpoint, the wait and the setting (hint "offline"). huggingface_hub retries a per-file
+  look-up 5 times, 1-8 s apart; the 60 s it gives those retries is lowered to this setting.
+- `HF_HUB_DOWNLOAD_TIMEOUT` (default 10 s) bounds each read of a file transfer. On expiry huggingface_hub resumes
+  the transfer with a Range request, up to 5 times in a row without a new byte, then the fetch fails the same way.
+- huggingface_hub's look-up of AI-agent names (`/api/agent-harnesses`, at most once a day) waits a fixed 3 s.
+So a hub that accepts connections and never answers fails a fetch within about HF_HUB_ETAG_TIMEOUT + 3 s.
+
+An interrupt (Ctrl-C) during a download raises `DownloadInterrupted`, which says how many files the cache keeps. The
+files huggingface_hub is transferring at that moment are finished first (its worker threads are not stopped); a
+partial file is resumed by the next fetch.
+"""
 import errno
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,12 +32,13 @@ from typing import Callable, Iterator
 
 from huggingface_hub import constants  # light; the client and its HTTP stack (~0.3 s) load when a repo is touched
 
-from .errors import CheckpointError, DownloadError, ModelNotFoundError
+from .errors import CheckpointError, DownloadError, DownloadInterrupted, ModelNotFoundError
 from .registry import FORBIDDEN_SUFFIXES, PICKLE_SUFFIXES, Entry, Repo, format_size
 
 Notice = Callable[[str], None]
 DEFAULT_FILES = ("*.json", "*merges.txt", "*.safetensors")  # for hub ids outside the registry
 NEVER = tuple(f"*{suffix}" for suffix in FORBIDDEN_SUFFIXES)
+COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -82,7 +98,13 @@ def _hub_errors(source: Source) -> Iterator[None]:
 
     where = f"{source.repo_id}@{source.revision}"
     try:
-        yield
+        try:
+            yield
+        except Exception as e:
+            stalled = _stall(e, source)
+            if stalled is None:
+                raise
+            raise DownloadError(stalled, hint="offline") from None
     except GatedRepoError:
         raise DownloadError(f"{source.repo_id} is gated: accept its terms at {constants.ENDPOINT}/{source.repo_id} and "
                             "set HF_TOKEN to a token of that account") from None
@@ -105,10 +127,75 @@ def _hub_errors(source: Source) -> Iterator[None]:
             raise DownloadError(f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} to download {where}; "
                                 "check the connection (or set HF_ENDPOINT)") from None
         raise DownloadError(f"downloading {where} failed: {str(e).splitlines()[0]}") from None
-    except httpx2.TransportError as e:  # connection refused or dropped, timeouts (after huggingface_hub's retries)
+    except httpx2.TransportError as e:  # connection refused or dropped (after huggingface_hub's retries)
         raise DownloadError(f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else 'no answer'}); check the connection",
                             hint="offline") from None
+
+
+def _short(source: Source) -> str:
+    """`repo@revision`, a commit hash cut to 7 characters as the Hub shows it."""
+    revision = source.revision[:7] if COMMIT.fullmatch(source.revision) else source.revision
+    return f"{source.repo_id}@{revision}"
+
+
+def _stall(error: BaseException, source: Source) -> str | None:
+    """The message for a request that timed out, found in `error` or what it wraps (huggingface_hub turns some
+    timeouts into its own errors): who did not answer, within which setting, while doing what. None if none did."""
+    import httpx2
+
+    seen: set[int] = set()
+    found: BaseException | None = error
+    while found is not None and not isinstance(found, httpx2.TimeoutException) and id(found) not in seen:
+        seen.add(id(found))
+        found = found.__cause__ or found.__context__
+    if not isinstance(found, httpx2.TimeoutException):
+        return None
+    try:
+        request: httpx2.Request | None = found.request
+    except RuntimeError:  # raised without its request: only huggingface_hub's listing calls are left to blame
+        request = None
+    url = str(request.url) if request is not None else f"{constants.ENDPOINT}/api/"
+    listing = url.startswith(f"{constants.ENDPOINT}/api/")
+    transfer = request is not None and request.method == "GET" and not listing
+    setting = "HF_HUB_DOWNLOAD_TIMEOUT" if transfer else "HF_HUB_ETAG_TIMEOUT"
+    if url.startswith(f"{constants.ENDPOINT}/") or request is None:
+        who = f"the Hugging Face Hub at {constants.ENDPOINT}"
+    else:  # the host the Hub redirected a file to
+        who = f"the file server {request.url.scheme}://{request.url.netloc.decode()}"
+    doing = "downloading" if transfer else "listing" if listing else "looking up the files of"
+    return (f"{who} did not answer within {getattr(constants, setting)} s ({setting}) while {doing} {_short(source)}; "
+            "check the connection")
+
+
+@contextmanager
+def _bounded_waits() -> Iterator[None]:
+    """While the block runs, no request huggingface_hub sends waits unbounded: one it sends without a timeout (its
+    repo and tree listings, which take no timeout argument), or with one above both settings (the 60 s of its per-file
+    look-up retries), waits HF_HUB_ETAG_TIMEOUT instead. Timeouts it takes from the settings are kept.
+
+    Works through a request hook on huggingface_hub's shared HTTP client, removed again afterwards; a client it
+    replaces meanwhile (it does after a refused connection) goes without."""
+    import httpx2
+    from huggingface_hub.utils import get_session
+
+    limit = float(constants.HF_HUB_ETAG_TIMEOUT)
+    ceiling = max(constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT)
+
+    def bound(request: httpx2.Request) -> None:
+        given = request.extensions.get("timeout", {})
+        request.extensions["timeout"] = {
+            phase: limit if given.get(phase) is None or given[phase] > ceiling else given[phase]
+            for phase in ("connect", "read", "write", "pool")}
+
+    client = get_session()
+    hooks = client.event_hooks
+    client.event_hooks = {**hooks, "request": [*hooks["request"], bound]}
+    try:
+        yield
+    finally:
+        hooks = client.event_hooks
+        client.event_hooks = {**hooks, "request": [hook for hook in hooks["request"] if hook is not bound]}
 
 
 def cached(source: Source) -> Status:
@@ -136,7 +223,8 @@ def _plan(source: Source) -> tuple[str, dict[str, int]]:
     from huggingface_hub import HfApi
     from huggingface_hub.utils import filter_repo_objects
 
-    info = HfApi().model_info(source.repo_id, revision=source.revision, files_metadata=True)
+    info = HfApi().model_info(source.repo_id, revision=source.revision, files_metadata=True,
+                              timeout=constants.HF_HUB_ETAG_TIMEOUT)  # its default is to wait forever
     sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
     wanted = set(filter_repo_objects(sizes, allow_patterns=list(source.files), ignore_patterns=list(NEVER)))
     where = f"{source.repo_id}@{source.revision}"
@@ -144,10 +232,13 @@ def _plan(source: Source) -> tuple[str, dict[str, int]]:
         absent = [pattern for pattern in source.files if not list(filter_repo_objects(sizes, allow_patterns=pattern))]
         if absent:
             raise CheckpointError(f"{where} has no {absent[0]}, which the registry entry {source.name!r} lists")
+    # A folder this source takes files from, whose weights are pickles only (a folder it does not take from, such as
+    # the image encoder of a repo split into parts, is another source's business).
     pickled = {os.path.dirname(f) for f in sizes if f.lower().endswith(PICKLE_SUFFIXES)}
+    taken = {os.path.dirname(f) for f in wanted}
     safe = {os.path.dirname(f) for f in wanted if f.endswith(".safetensors")}
-    if pickled - safe:
-        folder = sorted(pickled - safe)[0] or "the repo root"
+    if (pickled & taken) - safe:
+        folder = sorted((pickled & taken) - safe)[0] or "the repo root"
         raise CheckpointError(f"{where} has only pickle weights in {folder} (no .safetensors); dalle loads safetensors "
                               "only, so pick a revision that has them")
     return str(info.sha), {f: sizes[f] for f in sorted(wanted)}
@@ -160,8 +251,12 @@ def _free_space(folder: Path) -> int:
 
 
 def fetch(source: Source, *, offline: bool, on_notice: Notice | None = None, why: str = "") -> Path:
-    """The local snapshot folder of `source`, downloading what is missing first (announced through `on_notice` with
-    its size). Raises `DownloadError` when offline and not downloaded, or when the download fails."""
+    """The local snapshot folder of `source`, downloading what is missing first. Before the first request,
+    `on_notice` hears what is asked of which endpoint and for how long it waits; before the first byte, the size.
+    Nothing is announced when nothing needs downloading.
+
+    Raises `DownloadError` when offline and not downloaded, or when the download fails or a wait times out, and
+    `DownloadInterrupted` (a `KeyboardInterrupt`) when interrupted while fetching, saying what the cache kept."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.file_download import repo_folder_name
 
@@ -173,21 +268,41 @@ def fetch(source: Source, *, offline: bool, on_notice: Notice | None = None, why
         state = "only partly downloaded" if status.state == "partial" else "not downloaded"
         needs = f": it needs {format_size(source.size_bytes)}" if source.size_bytes else ""
         raise DownloadError(f"{source.name} is {state} and dalle is offline{needs}", hint="pull", model=source.name)
-    with _hub_errors(source):
-        commit, files = _plan(source)
-        have = cache_dir() / repo_folder_name(repo_id=source.repo_id, repo_type="model") / "snapshots" / commit
-        missing = {f: size for f, size in files.items() if not (have / f).is_file()}
-        total, left = sum(files.values()), sum(missing.values())
-        done = f", {format_size(total - left)} already here" if left < total else ""
-        notify(f"downloading {source.name}{why}: {format_size(left)} in {len(missing)} files from "
-               f"{source.repo_id}@{commit[:7]}{done}, into {cache_dir()}")
-        free = _free_space(cache_dir())
-        if left > free:
-            raise DownloadError(f"not enough disk space for {source.name}: it needs {format_size(left)}, and "
-                                f"{cache_dir()} has {format_size(free)} free")
-        folder = snapshot_download(source.repo_id, revision=source.revision, allow_patterns=list(source.files),
-                                   ignore_patterns=list(NEVER))
+    have: Path | None = None
+    files: dict[str, int] = {}
+    try:
+        with _hub_errors(source), _bounded_waits():
+            notify(f"asking {constants.ENDPOINT} for the files of {_short(source)} (waits up to "
+                   f"{constants.HF_HUB_ETAG_TIMEOUT} s; HF_HUB_ETAG_TIMEOUT sets it)")
+            commit, files = _plan(source)
+            have = cache_dir() / repo_folder_name(repo_id=source.repo_id, repo_type="model") / "snapshots" / commit
+            missing = {f: size for f, size in files.items() if not (have / f).is_file()}
+            total, left = sum(files.values()), sum(missing.values())
+            done = f", {format_size(total - left)} already here" if left < total else ""
+            notify(f"downloading {source.name}{why}: {format_size(left)} in {len(missing)} files from "
+                   f"{source.repo_id}@{commit[:7]}{done}, into {cache_dir()}")
+            free = _free_space(cache_dir())
+            if left > free:
+                raise DownloadError(f"not enough disk space for {source.name}: it needs {format_size(left)}, and "
+                                    f"{cache_dir()} has {format_size(free)} free")
+            folder = snapshot_download(source.repo_id, revision=source.revision, allow_patterns=list(source.files),
+                                       ignore_patterns=list(NEVER), etag_timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except KeyboardInterrupt:
+        raise _interrupted(source, have, files) from None
     return Path(folder)
+
+
+def _interrupted(source: Source, snapshot: Path | None, files: dict[str, int]) -> DownloadInterrupted:
+    """What an interrupted fetch of `source` kept: the `files` ({path: size}) planned for `snapshot` that are
+    complete there (huggingface_hub links a file into the snapshot only once it is whole)."""
+    if snapshot is None:
+        return DownloadInterrupted(f"the download of {source.name} stopped before its first file; the cache is as "
+                                   "it was", model=source.name, kept=0, total=0, size=0)
+    kept = {f: size for f, size in files.items() if (snapshot / f).is_file()}
+    size = sum(kept.values())
+    return DownloadInterrupted(f"the download of {source.name} stopped: {len(kept)} of {len(files)} files "
+                               f"({format_size(size)}) are kept in the cache, and fetching it again resumes the rest",
+                               model=source.name, kept=len(kept), total=len(files), size=size)
 
 
 def status(entry: Entry) -> Status:

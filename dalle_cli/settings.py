@@ -48,9 +48,10 @@ def pixels(default: int, help: str, low: int, high: int, multiple: int) -> Any:
     return dataclasses.field(default=default, metadata={_KNOB: Knob("pixels", help, None, low, high, multiple)})
 
 
-def text(default: str, help: str) -> Any:
-    """A piece of text read by every operation (a negative prompt, say), at most 2,000 characters."""
-    return dataclasses.field(default=default, metadata={_KNOB: Knob("text", help)})
+def text(default: str, help: str, stage: str | None = None) -> Any:
+    """A piece of text (a negative prompt, say) of at most 2,000 characters, read by `stage` (None: every
+    operation)."""
+    return dataclasses.field(default=default, metadata={_KNOB: Knob("text", help, stage)})
 
 
 def _is_int(value: Any) -> bool:

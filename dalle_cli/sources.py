@@ -18,13 +18,13 @@ No torch here.
 """
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from .api import ModelInfo
 from .configs import read_json
-from .errors import ConfigError, ModelNotFoundError
+from .errors import ConfigError, ModelNotFoundError, UsageError
 from .families import Family, family_named, family_of_class
 from .hub import DEFAULT_FILES, Source, fetch, source_of
 from .registry import Entry, load_registry
@@ -81,8 +81,10 @@ class ModelSource:
 
     def info(self) -> ModelInfo:
         """Where the model came from, for records: the first part's repo and revision (the snapshot's commit) or
-        path, and one "repo@commit" (or path) per further part fetched so far."""
-        first, *others = [role for role in self.parts if role in self.folders]
+        path, and one "repo@commit" (or path) per further part fetched so far. The first is the family's first role
+        (Karlo's "model", Kandinsky's "decoder")."""
+        order = {role: k for k, role in enumerate(self.family.roles)}
+        first, *others = sorted((role for role in self.parts if role in self.folders), key=lambda r: order.get(r, 99))
 
         def label(role: str) -> str:
             part, folder = self.parts[role], self.folders[role]
@@ -94,9 +96,11 @@ class ModelSource:
         return ModelInfo(self.name, part.source.repo_id, folder.name, str(folder), {r: label(r) for r in others})
 
 
-def folder_settings(folder: Path, base: Settings | None = None) -> tuple[Family, Settings]:
-    """The family and default settings of a model folder: from its `dalle.json` when it has one, else the family of
-    its `model_index.json` with that family's defaults (over `base`, when given, of the same family). Raises
+def folder_settings(folder: Path, base: Settings | None = None) -> tuple[Family, str, Settings]:
+    """The family, role and default settings of a model folder: the family from its `dalle.json` when it has one,
+    else from the `_class_name` of its `model_index.json`, which also says the folder's role (the family's first
+    role when the family does not list the class); the defaults are the family's (or `base`, when given, of the same
+    family) with the `dalle.json` ones over them. Raises
     `ModelNotFoundError` for a folder without `model_index.json` or of a family dalle does not run, and `ConfigError`
     for a malformed `dalle.json`."""
     if not (folder / "model_index.json").is_file():
@@ -106,15 +110,17 @@ def folder_settings(folder: Path, base: Settings | None = None) -> tuple[Family,
     unknown = sorted(k for k in set(own) - FOLDER_KEYS if not k.startswith("_"))
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(FOLDER_KEYS))})")
+    class_name = read_json(folder / "model_index.json").get("_class_name")
     if "family" in own:
         family = family_named(own["family"], where)
+        role = family.class_names.get(class_name, family.roles[0]) if isinstance(class_name, str) else family.roles[0]
     else:
-        family = family_of_class(read_json(folder / "model_index.json").get("_class_name"), str(folder))
+        family, role = family_of_class(class_name, str(folder))
     defaults = own.get("defaults", {})
     if not isinstance(defaults, dict):
         raise ConfigError(f"{where}: defaults must be a JSON object")
     start = base if base is not None and isinstance(base, family.settings) else family.settings()
-    return family, start.updated(defaults, f"{where} defaults", ConfigError)
+    return family, role, start.updated(defaults, f"{where} defaults", ConfigError)
 
 
 def _entry_source(entry: Entry, registry: dict[str, Entry], offline: bool) -> ModelSource:
@@ -122,7 +128,7 @@ def _entry_source(entry: Entry, registry: dict[str, Entry], offline: bool) -> Mo
     if entry.path is not None:
         if not entry.path.is_dir():
             raise ModelNotFoundError(f"model {entry.alias!r} is not in this checkout: {entry.path} does not exist")
-        _, folder_defaults = folder_settings(entry.path)
+        _, _, folder_defaults = folder_settings(entry.path)
         defaults = entry.settings(folder_defaults)
         parts = {family.roles[0]: Part(folder=entry.path)}
     else:
@@ -164,11 +170,30 @@ def _hub_source(spec: str, registry: dict[str, Entry]) -> Source:
     return Source(spec, match["repo"], match["revision"] or "main", DEFAULT_FILES)
 
 
-def locate(spec: str, *, offline: bool = False, on_notice: Notice | None = None) -> ModelSource:
-    """Resolve `spec` (see the module docstring) without downloading, except a hub id outside the registry.
+def locate(spec: str, *, offline: bool = False, on_notice: Notice | None = None,
+           parts: dict[str, str] | None = None) -> ModelSource:
+    """Resolve `spec` (see the module docstring) without downloading, except a hub id outside the registry. `parts`
+    names, by role, a model that provides one of the family's companion parts (a Kandinsky decoder's "prior"):
+    an alias, folder or hub id, located the same way.
 
     Raises `ModelNotFoundError` (exit code 2) for a spec that is no alias, folder or hub id, a folder that is no model
-    or of an unknown family, and for an image-encoder alias, which is no model to run by itself."""
+    or of an unknown family, and for an image-encoder alias, which is no model to run by itself; `UsageError` for a
+    part the family has no use for or that the named model does not hold."""
+    source = _locate(spec, offline, on_notice)
+    for role, other_spec in (parts or {}).items():
+        family = source.family
+        if role not in family.companions:
+            raise UsageError(f"{source.name} is a {family.title} model, which takes no {role} of another model")
+        other = _locate(other_spec, offline, on_notice)
+        if other.family is not family or role not in other.parts:
+            raise UsageError(f"{other_spec} holds no {family.title} {role} for {source.name}")
+        # The part and what comes with it (a prior repo's image encoder), never the other model itself.
+        taken = {r: part for r, part in other.parts.items() if r != family.roles[0]}
+        source = replace(source, parts={**source.parts, **taken}, folders={})
+    return source
+
+
+def _locate(spec: str, offline: bool, on_notice: Notice | None) -> ModelSource:
     registry = load_registry()
     entry = registry.get(spec)
     if entry is not None:
@@ -185,12 +210,12 @@ def locate(spec: str, *, offline: bool = False, on_notice: Notice | None = None)
             role = source.family.roles[0]
             return ModelSource(known.alias, source.family, source.defaults,
                                {**source.parts, role: Part(path, source.parts[role].source)}, offline)
-        family, defaults = folder_settings(path)
-        return ModelSource(path.resolve().name, family, defaults, {family.roles[0]: Part(folder=path)}, offline)
+        family, role, defaults = folder_settings(path)
+        return ModelSource(path.resolve().name, family, defaults, {role: Part(folder=path)}, offline)
     source = _hub_source(spec, registry)
     folder = fetch(source, offline=offline, on_notice=on_notice, why=" on first use")
-    family, defaults = folder_settings(folder)
-    return ModelSource(spec, family, defaults, {family.roles[0]: Part(folder, source)}, offline)
+    family, role, defaults = folder_settings(folder)
+    return ModelSource(spec, family, defaults, {role: Part(folder, source)}, offline)
 
 
 def pull(spec: str, *, offline: bool = False, on_notice: Notice | None = None) -> list[tuple[Path, bool]]:

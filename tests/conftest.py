@@ -19,3 +19,19 @@ def tiny_karlo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     `tiny_reference`."""
     return make_tiny_karlo(tmp_path_factory.mktemp("models") / "tiny-karlo", seed=0)
 
+
+
+@pytest.fixture(scope="session")
+def tiny_kandinsky_reference():
+    """The tiny Kandinsky 2.2's reference pipelines (prior, decoder), seeded as `tiny_kandinsky`."""
+    from tiny_kandinsky import build_reference
+
+    return build_reference(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_kandinsky(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny Kandinsky 2.2 saved as its two hub folders: (prior, decoder)."""
+    from tiny_kandinsky import make_tiny_kandinsky
+
+    return make_tiny_kandinsky(tmp_path_factory.mktemp("models") / "tiny-kandinsky", seed=0)

@@ -178,3 +178,22 @@ def test_settings_overrides() -> None:
     for raw in ({"prior_steps": 2.5}, {"sr_steps": True}, {"prior_guidance": 0.5}, {"sr_steps": 1001}):
         with pytest.raises(UsageError):
             Settings().updated(raw, "x", UsageError)
+
+
+def test_the_kandinsky_entry() -> None:
+    """kandinsky-2.2: both repos pinned to commits, only safetensors and configs, each listed file in the reference
+    file trees, and the image encoder a part of its own (fetched only when an operation needs it)."""
+    entry = load_registry(DEFAULT_PATH)["kandinsky-2.2"]
+    assert entry.family == "kandinsky" and entry.license == "apache-2.0" and set(entry.repos) == {
+        "decoder", "prior", "image_encoder"}
+    trees = {"decoder": "kandinsky-community__kandinsky-2-2-decoder", "prior": "kandinsky-community__kandinsky-2-2-prior",
+             "image_encoder": "kandinsky-community__kandinsky-2-2-prior"}
+    for role, repo in entry.repos.items():
+        assert COMMIT_SHA.fullmatch(repo.revision) and repo.repo_id == "kandinsky-community/" + trees[role].split("__")[1]
+        listed = (REFERENCE / trees[role] / "FILES.md").read_text()
+        for name in repo.files:
+            assert f"| {name} |" in listed, name
+            assert name.endswith((".json", ".txt", ".safetensors")), name
+    assert all(f.startswith("image_encoder/") for f in entry.repos["image_encoder"].files)
+    assert not [f for f in entry.repos["prior"].files if f.startswith("image_encoder/")]
+    assert entry.size_bytes > 10_573_556_608 + 5_283_689_948

@@ -5,7 +5,6 @@ import ast
 import json
 import shutil
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +17,10 @@ import dalle_cli
 from dalle_cli.cli.commands import make_app
 from dalle_cli.cli.outputs import read_record
 from dalle_cli.engine.noise import ImageNoise
-from dalle_cli.families import FAMILIES, UNCLIP, Family
+from dalle_cli.families import UNCLIP
 from dalle_cli.families.unclip.components import load_components
 from dalle_cli.families.unclip.pipeline import UnCLIP
 from dalle_cli.families.unclip.settings import UnCLIPSettings
-from dalle_cli.settings import pixels
 from dalle_cli.sources import locate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,31 +69,23 @@ def test_a_folder_carries_its_family_and_defaults_in_dalle_json(tiny_karlo: Path
     assert not (tmp_path / "o").exists()
 
 
-@dataclass(frozen=True)
-class ToySettings(UnCLIPSettings):
-    width: int = pixels(256, "Image width.", 64, 1024, 64)
-
-
-TOY = Family("toy", "Toy", ("ToyPipeline",), ToySettings, UNCLIP.operations, UNCLIP.roles, UNCLIP.loader)
-
-
-def test_a_setting_of_another_family_is_a_usage_error_naming_the_model(tiny_karlo: Path, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a second family that has `width`, --help shows the option and says whose it is; giving it, or a prompt
-    line setting it, for an unCLIP model is exit 2 with a message naming the model."""
-    monkeypatch.setitem(FAMILIES, "toy", TOY)
-    app = make_app(FAMILIES.values())
+def test_a_setting_of_another_family_is_a_usage_error_naming_the_model(tiny_karlo: Path, tmp_path: Path) -> None:
+    """--help shows each family's own options with the families they apply to; giving one, or a prompt line setting
+    it, for a model of another family is exit 2 with a message naming the model."""
     runner = CliRunner()
-    shown = " ".join(runner.invoke(app, ["gen", "--help"]).stdout.split())
-    assert "--width" in shown and "Image width. Only Toy models." in shown
-    assert "Only" not in shown.split("--width")[0]  # every family has the others
+    shown = " ".join(runner.invoke(make_app(), ["gen", "--help"]).stdout.split())
+    assert "--sr-steps <int> Super-resolution steps. Only unCLIP (Karlo) models." in shown
+    assert "--width <int> Image width in pixels, a multiple of 64. Only Kandinsky 2.2 models." in shown
+    assert "Only" not in shown.split("--prior-steps")[1].split("--sr-steps")[0]  # every family has prior/decoder steps
+    assert "--prior <str> The prior the model runs with" in shown and "Only Kandinsky 2.2 models." in shown
 
-    result = runner.invoke(app, ["gen", "a cat", "-m", str(tiny_karlo), "--width", "512", "-o", str(tmp_path)])
+    result = runner.invoke(make_app(), ["gen", "a cat", "-m", str(tiny_karlo), "--width", "512", "-o", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert "error: options: --width is not a setting of tiny-karlo for generate (unCLIP (Karlo) models have " \
            "--prior-steps" in result.stderr
     line = json.dumps({"prompt": "a cat", "width": 512})
-    result = runner.invoke(app, ["gen", "-f", "-", "-m", str(tiny_karlo), "-o", str(tmp_path)], input=line + "\n")
+    result = runner.invoke(make_app(), ["gen", "-f", "-", "-m", str(tiny_karlo), "-o", str(tmp_path)],
+                           input=line + "\n")
     assert result.exit_code == 2 and "error: stdin:1: width is not a setting of tiny-karlo" in result.stderr
     assert list(tmp_path.iterdir()) == []  # refused before the output folder was made or any model loaded
 

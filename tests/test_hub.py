@@ -303,3 +303,42 @@ def test_download_failures_are_one_line(hub: FakeHub, registry: Path, tmp_path: 
     for args in (["pull", "tiny"], ["gen", "a cat", "-m", "tiny"]):
         assert error_line(dalle(*args, env=unreachable), 1).startswith(
             f"error: cannot reach the Hugging Face Hub at {closed}")
+
+
+def test_kandinsky_pulls_both_repos_and_text_to_image_skips_the_image_encoder_once_cached(
+        tiny_kandinsky: tuple[Path, Path], tmp_path: Path) -> None:
+    """weights/registry.json's `kandinsky-2.2`, served at toy size under its real repo ids and commits: `dalle pull`
+    fetches exactly the listed files of both repos; `dalle gen` on a fresh cache fetches the image encoder only to
+    compute the zero-image embedding, and not at all once that embedding is cached."""
+    from dalle_cli.registry import DEFAULT_PATH, load_registry
+
+    entry = load_registry(DEFAULT_PATH)["kandinsky-2.2"]
+    prior, decoder = tiny_kandinsky
+    served = {"decoder": Repo(entry.repos["decoder"].repo_id, with_twins(folder_files(decoder)),
+                              commit=entry.repos["decoder"].revision),
+              "prior": Repo(entry.repos["prior"].repo_id, with_twins(folder_files(prior)),
+                            commit=entry.repos["prior"].revision)}
+    listed = {repo: [*entry.repos[repo].files, *(entry.repos["image_encoder"].files if repo == "prior" else [])]
+              for repo in served}
+    steps = ["--prior-steps", "2", "--decoder-steps", "2", "--width", "64", "--height", "64", "--seed", "1"]
+    with FakeHub(list(served.values())) as hub:
+        env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": hub.endpoint, "DALLE_CACHE": str(tmp_path / "c")}
+        pulled = dalle("pull", "kandinsky-2.2", env=env)
+        assert pulled.returncode == 0, pulled.stderr
+        assert sorted(hub.fetched()) == sorted(listed["decoder"] + listed["prior"])
+
+        fresh = {**env, "HF_HOME": str(tmp_path / "hf2"), "DALLE_CACHE": str(tmp_path / "c2")}
+        seen = len(hub.log)
+        first = dalle("gen", "a cat", "-m", "kandinsky-2.2", *steps, "-o", tmp_path / "a", env=fresh)
+        assert first.returncode == 0, first.stderr
+        assert "image_encoder/model.safetensors" in hub.fetched(since=seen)
+
+        cached = {**fresh, "HF_HOME": str(tmp_path / "hf3")}
+        seen = len(hub.log)
+        second = dalle("gen", "a cat", "-m", "kandinsky-2.2", *steps, "-o", tmp_path / "b", env=cached)
+        assert second.returncode == 0, second.stderr
+        fetched = hub.fetched(since=seen)
+        assert "unet/diffusion_pytorch_model.safetensors" in fetched
+        assert not [f for f in fetched if f.startswith("image_encoder/")]
+    made = [np.asarray(Image.open(next((tmp_path / d).glob("*.png")))) for d in ("a", "b")]
+    assert np.array_equal(made[0], made[1])

@@ -41,7 +41,8 @@ def known_settings() -> dict[str, Knob]:
 @dataclass(frozen=True)
 class Prompt:
     """A prompt to make images of, with its own overrides; `where` names its origin for messages ("prompts.txt:3",
-    "argument 1"), and `model` is the model its record names (None: the run's)."""
+    "argument 1"); `model` is the model its record names (None: the run's), with the companion `parts` (a
+    Kandinsky decoder's prior) the record names, as (role, spec) pairs."""
 
     text: str
     where: str
@@ -49,6 +50,7 @@ class Prompt:
     n: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     model: str | None = None
+    parts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Picture:
     n: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     model: str | None = None
+    parts: tuple[tuple[str, str], ...] = ()
     digest: str | None = None
 
 
@@ -151,15 +154,18 @@ def _json_items(line: str, where: str) -> Iterator[Item]:
     seed = check_seed(raw["seed"], where) if "seed" in raw else None
     n = check_count(raw["n"], where) if "n" in raw else None
     model = record_model(raw)
+    # A record of a registry model names its parts through the registry; others name them in the record itself.
+    parts = () if model is None or model == raw.get("model") else tuple(
+        (role, raw[role]) for family in FAMILIES.values() for role in family.companions if isinstance(raw.get(role), str))
     if "source" in raw and "prompt" not in raw:
         if not isinstance(raw["source"], str) or not raw["source"]:
             raise UsageError(f"{where}: 'source' must be the path of a picture")
-        yield Picture(Path(raw["source"]), where, seed, n, settings, model, raw.get("source_sha256"))
+        yield Picture(Path(raw["source"]), where, seed, n, settings, model, parts, raw.get("source_sha256"))
         return
     text = raw.get("prompt")
     if not isinstance(text, str) or not text.strip():
         raise UsageError(f"{where}: 'prompt' must be a non-empty string")
-    yield Prompt(text.strip(), where, seed, n, settings, model)
+    yield Prompt(text.strip(), where, seed, n, settings, model, parts)
 
 
 def _grid_items(raw: dict[str, Any], where: str) -> Iterator[Item]:

@@ -57,9 +57,9 @@ def _make(display: Display, tally: Any, common: Common, settings: dict[str, Any]
     options = {"device": common.device.value, "dtype": common.dtype.value, "low_vram": common.low_vram,
                "offline": common.offline}
     models = Models(common.model, default, settings, common.offline, options, display.note,
-                    functools.partial(chosen, name=flag))
-    identity = {"inputs": inputs, "model": common.model or default, "settings": settings, "num": common.num,
-                "seed": common.seed, "name": common.name}
+                    functools.partial(chosen, name=flag), common.parts)
+    identity = {"inputs": inputs, "model": common.model or default, "parts": common.parts, "settings": settings,
+                "num": common.num, "seed": common.seed, "name": common.name}
     request = Request(items, identity, models, common.out, common.name, common.num, common.seed, common.batch_size,
                       common.skip_existing, common.grid, digests)
     execute(request, display, tally)
@@ -173,7 +173,7 @@ def models(json_lines: JsonOpt = False, debug: DebugOpt = False) -> None:
             size = ("" if row["size_exact"] else "~") + format_size(row["size_bytes"]) if row["size_bytes"] else "-"
             disk = {"downloaded": "yes", "partial": "partly", "missing": "no"}[row["state"]]
             disk += f" ({format_size(row['on_disk_bytes'])})" if row["on_disk_bytes"] else ""
-            source = row["source"][:row["source"].index("@") + 8] if "@" in row["source"] else row["source"]
+            source = " + ".join(repo[:repo.index("@") + 8] if "@" in repo else repo for repo in row["source"].split(" + "))
             table.add_row(row["name"], row["description"], source, size, disk, row["license"])
         console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)  # no wrapping in pipes
         console.print(table)

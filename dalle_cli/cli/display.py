@@ -127,6 +127,7 @@ ADVICE = {
     "offline": ", or use --offline with a model you have pulled",
     "vary": " (use `dalle vary`)",
     "info": " (see `dalle info`)",
+    "part": ": name one with --{role}, for example --{role} {example}",
 }
 
 

@@ -5,7 +5,7 @@ here: `--prior-steps` is the field `prior_steps`. An option that only some famil
 """
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterable, Optional
@@ -82,6 +82,18 @@ def setting_parameters(operation: str, families: Iterable[Family]) -> list[inspe
     return parameters
 
 
+def part_parameters(families: Iterable[Family]) -> list[inspect.Parameter]:
+    """One option per companion part some family takes (`--prior` for a Kandinsky decoder), naming its families."""
+    owners: dict[str, list[Family]] = {}
+    for family in families:
+        for role in family.companions:
+            owners.setdefault(role, []).append(family)
+    return [inspect.Parameter(role, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[
+        Optional[str], typer.Option(flag(role), show_default=False, help=(
+            f"The {role} the model runs with: a registry alias, hub id or folder (default: the model's own). Only "
+            f"{', '.join(f.title for f in having)} models."))]) for role, having in owners.items()]
+
+
 @dataclass(frozen=True)
 class Common:
     """The options every image-making command shares."""
@@ -101,6 +113,7 @@ class Common:
     skip_existing: bool
     grid: bool
     debug: bool
+    parts: dict[str, str] = field(default_factory=dict)
 
 
 # The shared options with their defaults, split where the settings options go in --help.
@@ -113,17 +126,21 @@ AFTER_SETTINGS = {"out": (OutOpt, Path("outputs")), "name": (NameOpt, DEFAULT_TE
 
 def image_command(operation: str, families: Iterable[Family] = FAMILIES.values()) -> Callable[[Callable], Callable]:
     """Turn `body(own parameters..., common, settings)` into a typer command for `operation`: typer sees the body's
-    own parameters, the shared options and one option per setting the operation reads in some family; the body gets
-    `common` (a `Common`) and `settings`, a dict of the setting options given (those left at None are left out)."""
+    own parameters, the shared options, one option per companion part (`--prior`) and one per setting the operation
+    reads in some family; the body gets `common` (a `Common`, whose `parts` are the companion options given) and
+    `settings`, a dict of the setting options given (those left at None are left out)."""
     def wrap(body: Callable[..., Any]) -> Callable[..., Any]:
         own = [p for p in inspect.signature(body).parameters.values() if p.name not in ("common", "settings")]
-        extra = setting_parameters(operation, list(families))
+        having = list(families)
+        parts, extra = part_parameters(having), setting_parameters(operation, having)
         shared = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
                   for name, (kind, default) in {**BEFORE_SETTINGS, **AFTER_SETTINGS}.items()]
-        parameters = [*own, *shared[:len(BEFORE_SETTINGS)], *extra, *shared[len(BEFORE_SETTINGS):]]
+        parameters = [*own, *shared[:len(BEFORE_SETTINGS)], *parts, *extra, *shared[len(BEFORE_SETTINGS):]]
 
         def command(**values: Any) -> Any:
-            common = Common(**{name: values.pop(name) for name in (*BEFORE_SETTINGS, *AFTER_SETTINGS)})
+            chosen_parts = {p.name: values.pop(p.name) for p in parts}
+            common = Common(**{name: values.pop(name) for name in (*BEFORE_SETTINGS, *AFTER_SETTINGS)},
+                            parts={k: v for k, v in chosen_parts.items() if v is not None})
             given = {p.name: values.pop(p.name) for p in extra}
             return body(**values, common=common, settings={k: v for k, v in given.items() if v is not None})
 

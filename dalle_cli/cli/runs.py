@@ -31,7 +31,7 @@ from ..images import load_image
 from ..settings import Settings
 from ..sources import ModelSource, locate
 from .batch import Item, Job, Planner, batches
-from .outputs import (check_writable, contact_sheet, grid_columns, looks_complete, name_limit, put_aside, read_record,
+from .outputs import (contact_sheet, grid_columns, looks_complete, name_limit, put_aside, read_record,
                       remove_leftovers, write_png)
 
 MANIFESTS = ".dalle"
@@ -106,21 +106,27 @@ def record(job: Job, info: ModelInfo, stages: tuple[str, ...], seconds: float,
 
 class Models:
     """The models of a run: the spec of each item's model (the command's `--model`, else the one its record names,
-    else `default`), each spec located once, the run's settings for it, and one model loaded at a time."""
+    else `default`) with its companion parts (the command's, or the record's), each located once, the run's
+    settings for it, and one model loaded at a time."""
 
     def __init__(self, explicit: str | None, default: str, given: dict[str, Any], offline: bool,
-                 load_options: dict[str, Any], notice: Callable[[str], None], check: Callable[..., Settings]) -> None:
+                 load_options: dict[str, Any], notice: Callable[[str], None], check: Callable[..., Settings],
+                 parts: dict[str, str] | None = None) -> None:
         self.explicit, self.default, self.given, self.offline = explicit, default, given, offline
+        self.parts = parts or {}
         self.load_options, self.notice, self.check = load_options, notice, check
         self.sources: dict[str, ModelSource] = {}
         self.bases: dict[tuple[str, str], Settings] = {}
         self.loaded: tuple[str, Any] | None = None
 
     def of(self, item: Item) -> tuple[str, ModelSource]:
-        spec = self.explicit or item.model or self.default
-        if spec not in self.sources:
-            self.sources[spec] = locate(spec, offline=self.offline, on_notice=self.notice)
-        return spec, self.sources[spec]
+        """The key of an item's model (its spec, and its parts) and the model's source."""
+        spec, parts = ((item.model, dict(item.parts)) if item.model is not None and self.explicit is None
+                       else (self.explicit or self.default, self.parts))
+        key = spec + "".join(f" --{role} {other}" for role, other in sorted(parts.items()))
+        if key not in self.sources:
+            self.sources[key] = locate(spec, offline=self.offline, on_notice=self.notice, parts=parts)
+        return key, self.sources[key]
 
     def base(self, spec: str, operation: str) -> Settings:
         key = (spec, operation)

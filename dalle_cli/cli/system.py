@@ -65,7 +65,7 @@ def model_rows() -> list[dict[str, Any]]:
     rows = []
     for alias, entry in load_registry().items():
         state = status(entry)
-        source = " + ".join(f"{repo.repo_id}@{repo.revision}" for repo in entry.repos.values()) or str(entry.path)
+        source = " + ".join(dict.fromkeys(f"{r.repo_id}@{r.revision}" for r in entry.repos.values())) or str(entry.path)
         local = entry.path is not None and state.state == "downloaded"  # a folder's size is read from the disk
         rows.append({
             "name": alias, "kind": entry.kind, "family": entry.family, "description": entry.description,

@@ -6,7 +6,8 @@ An image therefore depends only on the checkpoint, its inputs, its seed and the 
 made in, and equals the diffusers pipelines given `generator=[torch.Generator("cpu").manual_seed(s) for s in seeds]`.
 """
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import torch
 
@@ -38,10 +39,18 @@ class ImageNoise:
         return self.draw(shape, dtype, device)[0]
 
 
-def sample_stage(denoise: sampler.Denoiser, x: torch.Tensor, steps: list[int], config: schedule.SchedulerConfig,
-                 noise: ImageNoise) -> torch.Tensor:
-    """Run one stage's ancestral sampler from x_T = `x` over `steps`, drawing the stage's step noises (after x_T)
-    from the images' generators before the loop starts."""
+Loop = Callable[..., torch.Tensor]  # sampler.sample or ddpm.sample with the schedule and config bound by keyword
+
+
+def sample_stage(denoise: sampler.Denoiser, x: torch.Tensor, steps: list[int], noise: ImageNoise,
+                 loop: Loop) -> torch.Tensor:
+    """Run one stage's sampler `loop(denoise, x, steps, noise_fn=...)` from x_T = `x` over `steps`, drawing the
+    stage's step noises (after x_T) from the images' generators before the loop starts."""
     noisy = sum(sampler.needs_noise(t) for t in steps)
     noises = noise.draw(tuple(x.shape[1:]), x.dtype, x.device, noisy)  # [noisy, B, ...]
-    return sampler.sample(denoise, x, steps, schedule.noise_schedule(config), config, lambda i: noises[i])
+    return loop(denoise, x, steps, noise_fn=lambda i: noises[i])
+
+
+def unclip_loop(config: schedule.SchedulerConfig) -> Loop:
+    """The unCLIP ancestral sampler on `config`'s schedule, for `sample_stage`."""
+    return functools.partial(sampler.sample, schedule=schedule.noise_schedule(config), config=config)

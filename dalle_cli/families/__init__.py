@@ -6,9 +6,10 @@ A registry entry names its family; a local folder's family comes from its `dalle
 
 from ..errors import ModelNotFoundError
 from .family import Family
+from .kandinsky import FAMILY as KANDINSKY
 from .unclip import FAMILY as UNCLIP
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (UNCLIP,)}
+FAMILIES: dict[str, Family] = {family.name: family for family in (UNCLIP, KANDINSKY)}
 
 
 def family_named(name: str, where: str) -> Family:
@@ -18,10 +19,11 @@ def family_named(name: str, where: str) -> Family:
     return FAMILIES[name]
 
 
-def family_of_class(class_name: object, where: str) -> Family:
-    """The family that runs pipelines of `class_name` (a `model_index.json` `_class_name`)."""
+def family_of_class(class_name: object, where: str) -> tuple[Family, str]:
+    """The family that runs pipelines of `class_name` (a `model_index.json` `_class_name`), and the role such a
+    folder plays in it."""
     for family in FAMILIES.values():
         if class_name in family.class_names:
-            return family
+            return family, family.class_names[class_name]
     known = ", ".join(name for family in FAMILIES.values() for name in family.class_names)
     raise ModelNotFoundError(f"{where}: dalle cannot run a {class_name} (it runs {known})")

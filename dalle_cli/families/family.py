@@ -13,7 +13,8 @@ class Family:
     """One model family.
 
     - `name`: its registry and `dalle.json` name ("unclip"); `title` names it for people.
-    - `class_names`: the `model_index.json` `_class_name`s of the folders it loads.
+    - `class_names`: the `model_index.json` `_class_name` of each kind of folder it loads, and the role that folder
+      plays (a Kandinsky decoder folder is the "decoder", a prior folder the "prior").
     - `settings`: its settings dataclass; an instance with no arguments holds the family's own defaults.
     - `operations`: what its models can do ("generate", "vary", ...), each with the pipeline stages it runs in order.
       Settings whose stage an operation does not run do not apply to that operation (variations have no prior).
@@ -21,15 +22,17 @@ class Family:
       "prior" and "decoder" for a family that spans two repos); later ones may be fetched only when an operation
       needs them (Karlo's separate "image_encoder").
     - `loader`: "module:function" of `function(source, device, dtype, low_vram, on_notice) -> model`.
+    - `companions`: the roles a user may name a folder or repo for besides the model itself (a decoder's "prior").
     """
 
     name: str
     title: str
-    class_names: tuple[str, ...]
+    class_names: Mapping[str, str]
     settings: type[Settings]
     operations: Mapping[str, tuple[str, ...]]
     roles: tuple[str, ...]
     loader: str
+    companions: tuple[str, ...] = ()
 
     def applies(self, setting: str, operation: str) -> bool:
         """Whether `setting` is read by `operation`."""

@@ -10,7 +10,7 @@ from .settings import UnCLIPSettings
 FAMILY = Family(
     name="unclip",
     title="unCLIP (Karlo)",
-    class_names=("UnCLIPPipeline", "UnCLIPImageVariationPipeline"),
+    class_names={"UnCLIPPipeline": "model", "UnCLIPImageVariationPipeline": "model"},
     settings=UnCLIPSettings,
     operations={"generate": ("prior", "decoder", "super_res"), "vary": ("encode", "decoder", "super_res")},
     roles=("model", "image_encoder"),

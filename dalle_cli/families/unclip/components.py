@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ...checkpoint import load_weights
+from ...checkpoint import load_component
 from ...configs import from_config, read_json
 from ...diffusion.schedule import SchedulerConfig
 from ...errors import CheckpointError
@@ -54,12 +54,6 @@ def _scheduler(folder: Path) -> SchedulerConfig:
     return from_config(SchedulerConfig, read_json(folder / "scheduler_config.json"))
 
 
-def _model(folder: Path, name: str, config_cls: type, module_cls: type, dtype: torch.dtype,
-           device: torch.device) -> torch.nn.Module:
-    config = from_config(config_cls, read_json(folder / name / "config.json"))
-    return load_weights(lambda: module_cls(config), folder / name, name, dtype, device)
-
-
 def _image_encoder_folders(folder: Path, image_encoder: Path | None) -> tuple[Path, Path] | None:
     """(weights folder, preprocessor folder) of the image encoder, or None when the model has none."""
     if image_encoder is not None:
@@ -87,16 +81,16 @@ def load_components(folder: Path, dtype: torch.dtype, device: torch.device,
         raise CheckpointError(f"{folder}: component 'prior' is missing (no folder prior/)")
     parts = Components(
         tokenizer=Tokenizer.from_folder(folder / "tokenizer"),
-        text_encoder=_model(folder, "text_encoder", CLIPTextConfig, CLIPTextEncoder, dtype, device),
-        text_proj=_model(folder, "text_proj", TextProjConfig, TextProjection, dtype, device),
-        decoder=_model(folder, "decoder", UNetConfig, UNet, dtype, device),
-        super_res_first=_model(folder, "super_res_first", UNetConfig, UNet, dtype, device),
-        super_res_last=_model(folder, "super_res_last", UNetConfig, UNet, dtype, device),
+        text_encoder=load_component(folder, "text_encoder", CLIPTextConfig, CLIPTextEncoder, dtype, device),
+        text_proj=load_component(folder, "text_proj", TextProjConfig, TextProjection, dtype, device),
+        decoder=load_component(folder, "decoder", UNetConfig, UNet, dtype, device),
+        super_res_first=load_component(folder, "super_res_first", UNetConfig, UNet, dtype, device),
+        super_res_last=load_component(folder, "super_res_last", UNetConfig, UNet, dtype, device),
         decoder_scheduler=_scheduler(folder / "decoder_scheduler"),
         super_res_scheduler=_scheduler(folder / "super_res_scheduler"),
     )
     if has_prior:
-        parts.prior = _model(folder, "prior", PriorConfig, PriorTransformer, dtype, device)
+        parts.prior = load_component(folder, "prior", PriorConfig, PriorTransformer, dtype, device)
         parts.prior_scheduler = _scheduler(folder / "prior_scheduler")
     encoder_folders = _image_encoder_folders(folder, image_encoder)
     if encoder_folders is not None:

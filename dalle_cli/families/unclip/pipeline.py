@@ -18,7 +18,6 @@ mode calls take turns on the accelerator (`engine.offload`).
 
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -29,8 +28,9 @@ from ...api import ModelInfo, Progress, ProgressCallback
 from ...devices import resolve_device, resolve_dtype
 from ...diffusion import schedule
 from ...diffusion.guidance import guided
-from ...engine.noise import ImageNoise, sample_stage
+from ...engine.noise import ImageNoise, sample_stage, unclip_loop
 from ...engine.offload import Residency
+from ...engine.text import TextConditioning, encode_text
 from ...errors import OutOfMemoryError, UsageError
 from ...images import preprocess, to_pil
 from ...sources import ModelSource
@@ -41,17 +41,6 @@ from .settings import UnCLIPSettings
 
 def _silent(event: Progress) -> None:
     """The progress callback when the caller gives none."""
-
-
-@dataclass(frozen=True)
-class TextConditioning:
-    """CLIP text conditioning of a batch of B prompts: embeddings [B', D], hidden states [B', L, D] and the token mask
-    [B', L]. With `guided`, B' = 2B and the empty prompt's rows come first (the reference's order)."""
-
-    embeds: torch.Tensor
-    hidden: torch.Tensor
-    mask: torch.Tensor
-    guided: bool
 
 
 class UnCLIP:
@@ -185,19 +174,7 @@ class UnCLIP:
         with self._running():
             if not self.residency.holds(parts.text_encoder):  # variations hold it with the image encoder
                 self.residency.hold(parts.text_encoder, *([parts.prior] if parts.prior is not None else []))
-            batch = [*prompts, ""] if guided else prompts  # the empty prompt is encoded once and shared
-            tokens = parts.tokenizer.encode(batch)
-            ids = torch.tensor(tokens.input_ids, device=self.device)
-            mask = torch.tensor(tokens.attention_mask, device=self.device).bool()
-            embeds, hidden = parts.text_encoder(ids)  # [B(+1), D], [B(+1), L, D]
-            if not guided:
-                return TextConditioning(embeds, hidden, mask, False)
-            n = len(prompts)
-
-            def with_uncond(x: torch.Tensor) -> torch.Tensor:
-                return torch.cat([x[n:].expand(n, *x.shape[1:]), x[:n]])
-
-            return TextConditioning(with_uncond(embeds), with_uncond(hidden), with_uncond(mask), True)
+            return encode_text(parts.tokenizer, parts.text_encoder, prompts, "" if guided else None, self.device)
 
     def encode_image(self, images: list[Image.Image]) -> torch.Tensor:
         """The CLIP image embeddings z_i [B, D] of `images` (any size; CLIP's preprocessing crops them)."""
@@ -234,7 +211,7 @@ class UnCLIP:
                 return out
 
             x = noise.start((prior.config.embedding_dim,), text.embeds.dtype, self.device)
-            return prior.post_process_latents(sample_stage(denoise, x, steps, config, noise))
+            return prior.post_process_latents(sample_stage(denoise, x, steps, noise, unclip_loop(config)))
 
     def decode(self, image_embeds: torch.Tensor, text: TextConditioning, noise: ImageNoise, settings: UnCLIPSettings,
                x_T: torch.Tensor | None = None, *, progress: ProgressCallback | None = None) -> torch.Tensor:
@@ -264,7 +241,7 @@ class UnCLIP:
             size = parts.decoder.config.sample_size
             x = x_T if x_T is not None else noise.start((parts.decoder.config.in_channels, size, size), self.dtype,
                                                          self.device)
-            return sample_stage(denoise, x, steps, parts.decoder_scheduler, noise).clamp(-1, 1)
+            return sample_stage(denoise, x, steps, noise, unclip_loop(parts.decoder_scheduler)).clamp(-1, 1)
 
     def upscale(self, images: torch.Tensor, noise: ImageNoise, settings: UnCLIPSettings, *,
                 progress: ProgressCallback | None = None) -> torch.Tensor:
@@ -287,7 +264,7 @@ class UnCLIP:
                 report(Progress("super_res", i + 1, len(steps), 0, n, n))
                 return out
 
-            return sample_stage(denoise, x, steps, parts.super_res_scheduler, noise)
+            return sample_stage(denoise, x, steps, noise, unclip_loop(parts.super_res_scheduler))
 
 
 def load_model(source: ModelSource, *, device: str = "auto", dtype: str = "auto", low_vram: bool = False,

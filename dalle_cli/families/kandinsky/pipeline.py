@@ -1,0 +1,315 @@
+"""Text to image and image variations with Kandinsky 2.2, equal to diffusers' `KandinskyV22CombinedPipeline` and
+`KandinskyV22Pipeline`.
+
+The stages are public, and the operations compose them:
+- `encode_text`: bigG text embeddings, hidden states and mask, with the unconditional rows (the negative prompt, or "");
+- `encode_image`: the bigG image embedding z_i of a picture;
+- `zero_embed`: the embedding of an all-zero (mean-colour, after normalisation) picture, the negative image embedding
+  when there is no negative prompt; it depends only on the checkpoint, so it is computed once and cached on disk;
+- `prior`: prompts -> image embeddings and negative image embeddings (paper §2.2, with x_0 prediction);
+- `decode_latents`: image embeddings (and negatives, for guidance) -> MoVQ latents, by DDPM, from a given x_T or a
+  drawn one; `to_pixels`: MoVQ's decoder; `decode` is the two together.
+`generate` runs prior then decode; `vary` decodes a picture's embedding against the zero embedding.
+
+The seed contract is Karlo's: every image draws from its own generator, in the reference's order (prior start and
+steps, decoder start and steps). With a negative prompt the reference runs the prior on prompts and negative
+prompts as one batch; each image then draws its prompt's and its negative prompt's rows together, as one (2, D)
+tensor, which is what diffusers draws for one image, and which keeps an image independent of its batch.
+"""
+
+import functools
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+import torch
+from PIL import Image
+
+from ...api import ModelInfo, Progress, ProgressCallback
+from ...devices import resolve_device, resolve_dtype
+from ...diffusion import ddpm, sampler, schedule
+from ...diffusion.guidance import guided
+from ...engine.cache import cached_tensor
+from ...engine.noise import ImageNoise, sample_stage
+from ...engine.offload import Residency
+from ...engine.text import TextConditioning, encode_text
+from ...errors import OutOfMemoryError, UsageError
+from ...images import preprocess, to_pil
+from ...registry import load_registry
+from ...sources import ModelSource
+from . import FAMILY
+from .components import Components, load_components, load_image_encoder
+from .settings import KandinskySettings
+
+
+def _silent(event: Progress) -> None:
+    """The progress callback when the caller gives none."""
+
+
+class Kandinsky:
+    """A loaded Kandinsky 2.2 model. Build it with `load_model` (or `dalle_cli.load`); call `generate` or `vary`, or
+    the stages."""
+
+    family = FAMILY
+
+    def __init__(self, parts: Components, defaults: KandinskySettings, device: torch.device, dtype: torch.dtype,
+                 source: ModelSource, low_vram: bool = False, on_notice: Callable[[str], None] | None = None) -> None:
+        """`source` is where the parts come from: the image encoder is loaded from its prior folder when first
+        needed."""
+        self.parts = parts
+        self.defaults = defaults
+        self.device = device
+        self.dtype = dtype
+        self.residency = Residency(device, low_vram)
+        self._source = source
+        self._on_notice = on_notice
+        self._loading = threading.Lock()
+
+    @property
+    def info(self) -> ModelInfo:
+        """Where the model came from: the decoder's repo and revision, and the prior's."""
+        return self._source.info()
+
+    @property
+    def low_vram(self) -> bool:
+        return self.residency.low_vram
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest prompt in tokens, start and end tokens included (77 for CLIP)."""
+        return self.parts.tokenizer.model_max_length
+
+    def prompt_overflow(self, prompt: str) -> str:
+        """The part of `prompt` that truncation to `max_tokens` cuts off, or "" when the prompt fits."""
+        return self.parts.tokenizer.encode([prompt]).overflow[0]
+
+    def prepare(self, operation: str) -> None:
+        """Make sure `operation` ("generate" or "vary") can run: variations load the image encoder now."""
+        if operation not in FAMILY.operations:
+            raise UsageError(f"{self.info.name} cannot {operation} (it can {', '.join(FAMILY.operations)})")
+        if operation == "vary":
+            self._image_encoder()
+
+    def _image_encoder(self) -> torch.nn.Module:
+        with self._loading:
+            if self.parts.image_encoder is None:
+                home = torch.device("cpu") if self.low_vram else self.device
+                role = "image_encoder" if self._source.has("image_encoder") else "prior"  # a local prior holds it
+                folder = self._source.folder(role, self._on_notice)
+                self.parts.image_encoder = load_image_encoder(folder, self.dtype, home)
+            return self.parts.image_encoder
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        """The span of a stage or an operation: no autograd, the accelerator taken in turn in low-VRAM mode, and an
+        out-of-memory error reported as a `DalleError` with the "low_vram" hint."""
+        try:
+            with self.residency.call(), torch.inference_mode():
+                yield
+        except torch.OutOfMemoryError:
+            raise OutOfMemoryError(f"{self.device.type} ran out of memory", hint="low_vram") from None
+
+    # The operations.
+
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int], settings: KandinskySettings | None = None, *,
+                 progress: ProgressCallback | None = None) -> list[Image.Image]:
+        """One image for each (prompt, seed) pair, made in one batch. See the module docstring for the seed contract."""
+        return to_pil(self.generate_tensors(prompts, seeds, settings, progress=progress))
+
+    def generate_tensors(self, prompts: Sequence[str], seeds: Sequence[int],
+                         settings: KandinskySettings | None = None, *,
+                         progress: ProgressCallback | None = None) -> torch.Tensor:
+        """As `generate`, but returns the images as one float tensor [B, 3, H, W] in [-1, 1] on the model's device."""
+        s = self._check(list(prompts), list(seeds), settings)
+        with self._running():
+            noise = ImageNoise(seeds)
+            embeds, negative = self.prior(list(prompts), noise, s, progress=progress)
+            return self.decode(embeds, negative, noise, s, progress=progress)
+
+    def vary(self, images: Sequence[Image.Image], seeds: Sequence[int], settings: KandinskySettings | None = None,
+             *, progress: ProgressCallback | None = None) -> list[Image.Image]:
+        """One variation for each (image, seed) pair: decode the image's bigG embedding with new noise."""
+        return to_pil(self.vary_tensors(images, seeds, settings, progress=progress))
+
+    def vary_tensors(self, images: Sequence[Image.Image], seeds: Sequence[int],
+                     settings: KandinskySettings | None = None, *,
+                     progress: ProgressCallback | None = None) -> torch.Tensor:
+        """As `vary`, but returns the images as one float tensor [B, 3, H, W] in [-1, 1] on the model's device."""
+        s = self._check(list(images), list(seeds), settings)
+        report, n = progress or _silent, len(images)
+        with self._running():
+            report(Progress("encode", 1, 1, 0, n, n))
+            embeds = self.encode_image(list(images))
+            negative = self.zero_embed().expand(n, -1)
+            return self.decode(embeds, negative, ImageNoise(seeds), s, progress=progress)
+
+    def _check(self, inputs: list, seeds: list[int], settings: KandinskySettings | None) -> KandinskySettings:
+        if len(inputs) != len(seeds):
+            raise UsageError(f"{len(inputs)} inputs but {len(seeds)} seeds: give one seed per image")
+        if not inputs:
+            raise UsageError("nothing to make: no prompts or images were given")
+        s = settings or self.defaults
+        schedule.timesteps(s.prior_steps, self.parts.prior_scheduler)
+        ddpm.timesteps(s.decoder_steps, self.parts.scheduler)
+        return s
+
+    # The stages.
+
+    def encode_text(self, prompts: list[str], unconditional: str | None) -> TextConditioning:
+        """The bigG text conditioning of `prompts`; with an `unconditional` prompt, its rows come first."""
+        parts = self.parts
+        with self._running():
+            self.residency.hold(parts.text_encoder, parts.prior)
+            return encode_text(parts.tokenizer, parts.text_encoder, prompts, unconditional, self.device)
+
+    def encode_image(self, images: list[Image.Image]) -> torch.Tensor:
+        """The bigG image embeddings z_i [B, D] of `images` (any size; CLIP's preprocessing crops them), one image at
+        a time so that an embedding never depends on its batch."""
+        encoder = self._image_encoder()
+        with self._running():
+            self.residency.hold(encoder)
+            pixels = preprocess(images, self.parts.preprocess).to(self.device, self.dtype)  # [B, 3, S, S]
+            return torch.cat([encoder(p[None]) for p in pixels])  # [B, D]
+
+    def zero_embed(self) -> torch.Tensor:
+        """The image embedding [1, D] of an all-zero encoder input, as diffusers' `get_zero_embed` computes it: the
+        negative image embedding when there is no negative prompt. Cached on disk by the prior's revision and the
+        dtype, so the image encoder is loaded only the first time."""
+        part = self._source.parts["prior"]
+        where = f"{part.source.repo_id}@{part.source.revision}" if part.source is not None else self._local_key()
+        size = self.parts.preprocess.crop_size
+
+        def compute() -> torch.Tensor:
+            encoder = self._image_encoder()
+            with self._running():
+                self.residency.hold(encoder)
+                zeros = torch.zeros(1, 3, size["height"], size["width"], device=self.device, dtype=self.dtype)
+                return encoder(zeros)
+
+        key = f"kandinsky zero embed {where} {self.dtype} {self.device.type}"
+        return cached_tensor("zero-embeds", key, compute).to(self.device, self.dtype)
+
+    def _local_key(self) -> str:
+        """A local prior folder's identity: its path and its image encoder weights' size and time."""
+        folder = self._source.folder("prior") / "image_encoder"
+        stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.glob("*.safetensors"))
+        return f"{folder.resolve()} {stats}"
+
+    def prior(self, prompts: list[str], noise: ImageNoise, settings: KandinskySettings, *,
+              progress: ProgressCallback | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image embeddings [B, D] of `prompts` from the prior, and the negative image embeddings [B, D] the decoder
+        guides away from: the prior's embedding of the negative prompt, or the zero embedding without one."""
+        prior, config = self.parts.prior, self.parts.prior_scheduler
+        report, n = progress or _silent, len(prompts)
+        negative = settings.negative_prompt or None
+        rows = 2 if negative is not None else 1  # each image's rows: its prompt's (and its negative prompt's)
+        guided_ = settings.prior_guidance > 1.0
+        conditional = [*prompts, *[negative] * n] if negative is not None else prompts
+        unconditional = (negative if negative is not None else "") if guided_ else None
+        text = self.encode_text(conditional, unconditional)
+        steps = schedule.timesteps(settings.prior_steps, config)
+        dim = prior.config.embedding_dim
+
+        def arranged(draw: torch.Tensor) -> torch.Tensor:
+            """Per-image draws [B, rows, D] as the batch's rows [rows * B, D]: every prompt row, then every negative."""
+            return draw.transpose(0, 1).reshape(rows * n, dim)
+
+        with self._running():
+            self.residency.hold(self.parts.text_encoder, prior)
+
+            def model(x: torch.Tensor, t: int) -> torch.Tensor:
+                return prior(x, t, proj_embedding=text.embeds, encoder_hidden_states=text.hidden,
+                             attention_mask=text.mask)
+
+            run = guided(model, settings.prior_guidance) if guided_ else model
+
+            def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
+                out = run(x, t)
+                report(Progress("prior", i + 1, len(steps), 0, n, n))
+                return out
+
+            x = arranged(noise.start((rows, dim), text.embeds.dtype, self.device))
+            noisy = sum(sampler.needs_noise(t) for t in steps)
+            noises = noise.draw((rows, dim), x.dtype, self.device, noisy)  # [noisy, B, rows, D]
+            x = sampler.sample(denoise, x, steps, schedule.noise_schedule(config), config,
+                               lambda i: arranged(noises[i]))  # per-image (rows, D) draws: not `sample_stage`'s
+            embeds = prior.post_process_latents(x)  # [rows * B, D]
+        if negative is not None:
+            return embeds[:n], embeds[n:]
+        return embeds, self.zero_embed().expand(n, -1)
+
+    def decode_latents(self, image_embeds: torch.Tensor, negative_embeds: torch.Tensor, noise: ImageNoise,
+                       settings: KandinskySettings, x_T: torch.Tensor | None = None, *,
+                       progress: ProgressCallback | None = None) -> torch.Tensor:
+        """MoVQ latents [B, 4, H/8, W/8] from image embeddings [B, D] by the decoder UNet, guided away from
+        `negative_embeds` [B, D] at `settings.decoder_guidance` (off at 1). Starts from `x_T` when given, else draws
+        it from `noise` (right after the prior's noise, as the reference does)."""
+        unet, config = self.parts.unet, self.parts.scheduler
+        report, n = progress or _silent, len(noise)
+        steps = ddpm.timesteps(settings.decoder_steps, config)
+        guided_ = settings.decoder_guidance > 1.0
+        channels = unet.config.in_channels
+        with self._running():
+            self.residency.hold(unet)
+            embeds = torch.cat([negative_embeds, image_embeds]) if guided_ else image_embeds
+
+            def model(x: torch.Tensor, t: int) -> torch.Tensor:
+                return unet(x, t, image_embeds=embeds)
+
+            run = guided(model, settings.decoder_guidance, learned_variance=True) if guided_ else model
+
+            def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
+                out = run(x, t)
+                report(Progress("decoder", i + 1, len(steps), 0, n, n))
+                # A scheduler without learned variance reads only the ε half, as the reference drops the other.
+                return out if ddpm.learns_variance(config) else out[:, :channels]
+
+            scale = self.parts.movq.downscale
+            shape = (channels, settings.height // scale, settings.width // scale)
+            x = x_T if x_T is not None else noise.start(shape, self.dtype, self.device)
+            loop = functools.partial(ddpm.sample, tables=ddpm.noise_schedule(config), config=config)
+            return sample_stage(denoise, x, steps, noise, loop)
+
+    def to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """MoVQ's decoder, without quantising (as the reference calls it): images [B, 3, H, W], about [-1, 1]. One
+        image at a time: batched convolutions differ in the last bits with the batch size, and at 1024 px one
+        image's activations are already large."""
+        with self._running():
+            self.residency.hold(self.parts.movq)
+            return torch.cat([self.parts.movq.decode(x[None]) for x in latents])
+
+    def decode(self, image_embeds: torch.Tensor, negative_embeds: torch.Tensor, noise: ImageNoise,
+               settings: KandinskySettings, x_T: torch.Tensor | None = None, *,
+               progress: ProgressCallback | None = None) -> torch.Tensor:
+        """`decode_latents`, then `to_pixels`: images [B, 3, H, W] in about [-1, 1]."""
+        return self.to_pixels(self.decode_latents(image_embeds, negative_embeds, noise, settings, x_T,
+                                                  progress=progress))
+
+
+def _example_prior() -> str:
+    """A registry model that holds a Kandinsky 2.2 prior, to name in a message."""
+    found = [alias for alias, entry in load_registry().items() if entry.family == FAMILY.name and "prior" in entry.repos]
+    return found[0] if found else "kandinsky-community/kandinsky-2-2-prior"
+
+
+def load_model(source: ModelSource, *, device: str = "auto", dtype: str = "auto", low_vram: bool = False,
+               on_notice: Callable[[str], None] | None = None) -> Kandinsky:
+    """Load Kandinsky 2.2 from what `sources.locate` produced, fetching its two folders on first use.
+
+    `device` is auto|cpu|cuda|mps and `dtype` auto|fp32|fp16|bf16 (auto: fp16 on accelerators, fp32 on the CPU).
+    With `low_vram`, networks wait on the CPU and only the stage running sits on the accelerator. Raises `UsageError`
+    for a decoder without a prior (hint "part") and for a prior and decoder that do not fit together."""
+    if not source.has("prior"):
+        raise UsageError(f"{source.name} is a Kandinsky 2.2 decoder and needs a prior", hint="part", role="prior",
+                         example=_example_prior())
+    if not source.has("decoder"):
+        raise UsageError(f"{source.name} is a Kandinsky 2.2 prior; run it with a Kandinsky 2.2 decoder, whose prior "
+                         "it is")
+    target = resolve_device(device)
+    precision = resolve_dtype(dtype, target)
+    home = torch.device("cpu") if low_vram else target
+    decoder = source.folder("decoder", on_notice)
+    prior = source.folder("prior", on_notice)
+    parts = load_components(prior, decoder, precision, home)
+    assert isinstance(source.defaults, KandinskySettings)
+    return Kandinsky(parts, source.defaults, target, precision, source, low_vram, on_notice)
