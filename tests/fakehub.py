@@ -13,7 +13,8 @@ Errors carry the Hub's `X-Error-Code` (RepoNotFound, RevisionNotFound, EntryNotF
 client downloads over plain HTTP. Every request is logged; anything else is a 404 logged as unexpected.
 
 Faults for tests: `drop_once[file] = n` cuts the first GET of that file after n bytes (the connection closes
-mid-body); `fail[file] = k` answers the next k GETs of that file with a 500.
+mid-body); `fail[file] = k` answers the next k GETs of that file with a 500; a request whose target (path and query,
+as sent) is in `stall` is logged and never answered, its connection held open until the hub shuts down.
 """
 
 import hashlib
@@ -74,10 +75,12 @@ class FakeHub:
     repos: list[Repo]
     drop_once: dict[str, int] = field(default_factory=dict)
     fail: dict[str, int] = field(default_factory=dict)
+    stall: set[str] = field(default_factory=set)
     log: list[Request] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._closing = threading.Event()  # releases the stalled requests
         self._by_id = {repo.repo_id: repo for repo in self.repos}
         self._blobs = {hashlib.sha256(c).hexdigest(): (p, c) for r in self.repos for p, c in r.files.items()}
         self._hub = ThreadingHTTPServer(("127.0.0.1", 0), self._handler("hub"))
@@ -98,6 +101,7 @@ class FakeHub:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._closing.set()
         for server in (self._hub, self._cdn):
             server.shutdown()
             server.server_close()
@@ -141,6 +145,11 @@ class FakeHub:
                                     expected))
 
     def _serve(self, handler: BaseHTTPRequestHandler, server: str, body: bool) -> None:
+        if handler.path in self.stall:
+            self._record(handler, server, True)
+            self._closing.wait()
+            handler.close_connection = True
+            return
         path = unquote(urlsplit(handler.path).path)
         if server == "cdn":
             blob = self._blobs.get(path.removeprefix("/blobs/"))

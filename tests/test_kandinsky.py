@@ -241,7 +241,7 @@ def test_low_vram_holds_one_stage_on_the_accelerator(tiny_kandinsky: tuple[Path,
     monkeypatch.setenv("DALLE_CACHE", str(tmp_path))  # the zero embedding is computed here, with the image encoder
     prior, decoder = tiny_kandinsky
     plain = dalle_cli.load(str(decoder), device="cpu", parts={"prior": str(prior)})
-    low = Kandinsky(plain.parts, plain.defaults, ACCELERATOR, torch.float32, plain._source, low_vram=True)
+    low = Kandinsky(plain.parts, None, plain.defaults, ACCELERATOR, torch.float32, True, plain._source)
     low._image_encoder()
     held: set[str] = set()
     runs: list[tuple[str, frozenset[str]]] = []

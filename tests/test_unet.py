@@ -13,7 +13,7 @@ from dalle_cli.checkpoint import load_weights
 from dalle_cli.configs import from_config, read_json
 from dalle_cli.errors import ConfigError, UsageError
 from dalle_cli.models.unet import CLASS_DEFAULTS, UNet, UNetConfig
-from reference import KARLO, REFERENCE
+from reference import KARLO
 TOL = 1e-5
 EXTRA_TOKENS = 4  # the text projection's extra context tokens, in front of the text tokens
 TEXT_TOKENS = 7  # S = 11 context tokens: not the token count of any attention level (the reference mishandles that)

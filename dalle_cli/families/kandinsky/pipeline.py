@@ -18,27 +18,25 @@ tensor, which is what diffusers draws for one image, and which keeps an image in
 """
 
 import functools
-import threading
-from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 
-from ...api import ModelInfo, Progress, ProgressCallback
+from ...api import Progress, ProgressCallback
 from ...devices import resolve_device, resolve_dtype
 from ...diffusion import ddpm, sampler, schedule
 from ...diffusion.guidance import guided
 from ...engine.cache import cached_tensor
 from ...engine.noise import ImageNoise, sample_stage
-from ...engine.offload import Residency
+from ...engine.model import Model
 from ...engine.text import TextConditioning, encode_text
-from ...errors import OutOfMemoryError, UsageError
-from ...images import preprocess, to_pil
+from ...errors import UsageError
+from ...images import preprocess
 from ...registry import load_registry
 from ...sources import ModelSource
 from . import FAMILY
-from .components import Components, load_components, load_image_encoder
+from .components import load_components, load_image_encoder
 from .settings import KandinskySettings
 
 
@@ -46,42 +44,11 @@ def _silent(event: Progress) -> None:
     """The progress callback when the caller gives none."""
 
 
-class Kandinsky:
+class Kandinsky(Model):
     """A loaded Kandinsky 2.2 model. Build it with `load_model` (or `dalle_cli.load`); call `generate` or `vary`, or
-    the stages."""
+    the stages. Its `source` holds the prior folder, whose image encoder is loaded when first needed."""
 
     family = FAMILY
-
-    def __init__(self, parts: Components, defaults: KandinskySettings, device: torch.device, dtype: torch.dtype,
-                 source: ModelSource, low_vram: bool = False, on_notice: Callable[[str], None] | None = None) -> None:
-        """`source` is where the parts come from: the image encoder is loaded from its prior folder when first
-        needed."""
-        self.parts = parts
-        self.defaults = defaults
-        self.device = device
-        self.dtype = dtype
-        self.residency = Residency(device, low_vram)
-        self._source = source
-        self._on_notice = on_notice
-        self._loading = threading.Lock()
-
-    @property
-    def info(self) -> ModelInfo:
-        """Where the model came from: the decoder's repo and revision, and the prior's."""
-        return self._source.info()
-
-    @property
-    def low_vram(self) -> bool:
-        return self.residency.low_vram
-
-    @property
-    def max_tokens(self) -> int:
-        """The longest prompt in tokens, start and end tokens included (77 for CLIP)."""
-        return self.parts.tokenizer.model_max_length
-
-    def prompt_overflow(self, prompt: str) -> str:
-        """The part of `prompt` that truncation to `max_tokens` cuts off, or "" when the prompt fits."""
-        return self.parts.tokenizer.encode([prompt]).overflow[0]
 
     def prepare(self, operation: str) -> None:
         """Make sure `operation` ("generate" or "vary") can run: variations load the image encoder now."""
@@ -99,22 +66,7 @@ class Kandinsky:
                 self.parts.image_encoder = load_image_encoder(folder, self.dtype, home)
             return self.parts.image_encoder
 
-    @contextmanager
-    def _running(self) -> Iterator[None]:
-        """The span of a stage or an operation: no autograd, the accelerator taken in turn in low-VRAM mode, and an
-        out-of-memory error reported as a `DalleError` with the "low_vram" hint."""
-        try:
-            with self.residency.call(), torch.inference_mode():
-                yield
-        except torch.OutOfMemoryError:
-            raise OutOfMemoryError(f"{self.device.type} ran out of memory", hint="low_vram") from None
-
     # The operations.
-
-    def generate(self, prompts: Sequence[str], seeds: Sequence[int], settings: KandinskySettings | None = None, *,
-                 progress: ProgressCallback | None = None) -> list[Image.Image]:
-        """One image for each (prompt, seed) pair, made in one batch. See the module docstring for the seed contract."""
-        return to_pil(self.generate_tensors(prompts, seeds, settings, progress=progress))
 
     def generate_tensors(self, prompts: Sequence[str], seeds: Sequence[int],
                          settings: KandinskySettings | None = None, *,
@@ -125,11 +77,6 @@ class Kandinsky:
             noise = ImageNoise(seeds)
             embeds, negative = self.prior(list(prompts), noise, s, progress=progress)
             return self.decode(embeds, negative, noise, s, progress=progress)
-
-    def vary(self, images: Sequence[Image.Image], seeds: Sequence[int], settings: KandinskySettings | None = None,
-             *, progress: ProgressCallback | None = None) -> list[Image.Image]:
-        """One variation for each (image, seed) pair: decode the image's bigG embedding with new noise."""
-        return to_pil(self.vary_tensors(images, seeds, settings, progress=progress))
 
     def vary_tensors(self, images: Sequence[Image.Image], seeds: Sequence[int],
                      settings: KandinskySettings | None = None, *,
@@ -144,10 +91,8 @@ class Kandinsky:
             return self.decode(embeds, negative, ImageNoise(seeds), s, progress=progress)
 
     def _check(self, inputs: list, seeds: list[int], settings: KandinskySettings | None) -> KandinskySettings:
-        if len(inputs) != len(seeds):
-            raise UsageError(f"{len(inputs)} inputs but {len(seeds)} seeds: give one seed per image")
-        if not inputs:
-            raise UsageError("nothing to make: no prompts or images were given")
+        """The settings to use, after refusing a call that cannot run before any network does."""
+        self._pair(inputs, seeds)
         s = settings or self.defaults
         schedule.timesteps(s.prior_steps, self.parts.prior_scheduler)
         ddpm.timesteps(s.decoder_steps, self.parts.scheduler)
@@ -312,4 +257,4 @@ def load_model(source: ModelSource, *, device: str = "auto", dtype: str = "auto"
     prior = source.folder("prior", on_notice)
     parts = load_components(prior, decoder, precision, home)
     assert isinstance(source.defaults, KandinskySettings)
-    return Kandinsky(parts, source.defaults, target, precision, source, low_vram, on_notice)
+    return Kandinsky(parts, None, source.defaults, target, precision, low_vram, source, on_notice)

@@ -16,26 +16,24 @@ A loaded model can be called from several threads at once: a call keeps its stat
 mode calls take turns on the accelerator (`engine.offload`).
 """
 
-import threading
-from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ...api import ModelInfo, Progress, ProgressCallback
+from ...api import Progress, ProgressCallback
 from ...devices import resolve_device, resolve_dtype
 from ...diffusion import schedule
 from ...diffusion.guidance import guided
 from ...engine.noise import ImageNoise, sample_stage, unclip_loop
-from ...engine.offload import Residency
+from ...engine.model import Model
 from ...engine.text import TextConditioning, encode_text
-from ...errors import OutOfMemoryError, UsageError
-from ...images import preprocess, to_pil
+from ...errors import UsageError
+from ...images import preprocess
 from ...sources import ModelSource
 from . import FAMILY
-from .components import Components, load_components, load_image_encoder
+from .components import load_components, load_image_encoder
 from .settings import UnCLIPSettings
 
 
@@ -43,44 +41,11 @@ def _silent(event: Progress) -> None:
     """The progress callback when the caller gives none."""
 
 
-class UnCLIP:
+class UnCLIP(Model):
     """A loaded unCLIP model. Build it with `load_model` (or `dalle_cli.load`); call the operations `generate` and
     `vary`, or the stages, for batches of images."""
 
     family = FAMILY
-
-    def __init__(self, parts: Components, info: ModelInfo, defaults: UnCLIPSettings, device: torch.device,
-                 dtype: torch.dtype, low_vram: bool = False, source: ModelSource | None = None,
-                 on_notice: Callable[[str], None] | None = None) -> None:
-        """`source`, when given, is where the parts come from: a part the folder lacks (the image encoder) is fetched
-        from it when an operation first needs it, announced through `on_notice`."""
-        self.parts = parts
-        self.defaults = defaults
-        self.device = device
-        self.dtype = dtype
-        self.residency = Residency(device, low_vram)
-        self._info = info
-        self._source = source
-        self._on_notice = on_notice
-        self._loading = threading.Lock()
-
-    @property
-    def info(self) -> ModelInfo:
-        """Where the model came from, including the parts fetched so far."""
-        return self._source.info() if self._source is not None else self._info
-
-    @property
-    def low_vram(self) -> bool:
-        return self.residency.low_vram
-
-    @property
-    def max_tokens(self) -> int:
-        """The longest prompt in tokens, start and end tokens included (77 for CLIP)."""
-        return self.parts.tokenizer.model_max_length
-
-    def prompt_overflow(self, prompt: str) -> str:
-        """The part of `prompt` that truncation to `max_tokens` cuts off, or "" when the prompt fits."""
-        return self.parts.tokenizer.encode([prompt]).overflow[0]
 
     def prepare(self, operation: str) -> None:
         """Make sure `operation` ("generate" or "vary") can run: fetch and load the parts it needs (the image encoder
@@ -102,22 +67,7 @@ class UnCLIP:
             home = torch.device("cpu") if self.low_vram else self.device
             self.parts.image_encoder, self.parts.preprocess = load_image_encoder(folder, folder, self.dtype, home)
 
-    @contextmanager
-    def _running(self) -> Iterator[None]:
-        """The span of a stage or an operation: no autograd, the accelerator taken in turn in low-VRAM mode, and an
-        out-of-memory error reported as a `DalleError` with the "low_vram" hint."""
-        try:
-            with self.residency.call(), torch.inference_mode():
-                yield
-        except torch.OutOfMemoryError:
-            raise OutOfMemoryError(f"{self.device.type} ran out of memory", hint="low_vram") from None
-
     # The operations.
-
-    def generate(self, prompts: Sequence[str], seeds: Sequence[int], settings: UnCLIPSettings | None = None, *,
-                 progress: ProgressCallback | None = None) -> list[Image.Image]:
-        """One image for each (prompt, seed) pair, made in one batch. See the module docstring for the seed contract."""
-        return to_pil(self.generate_tensors(prompts, seeds, settings, progress=progress))
 
     def generate_tensors(self, prompts: Sequence[str], seeds: Sequence[int], settings: UnCLIPSettings | None = None,
                          *, progress: ProgressCallback | None = None) -> torch.Tensor:
@@ -131,11 +81,6 @@ class UnCLIP:
             image_embeds = self.prior(text, noise, s, progress=report)
             small = self.decode(image_embeds, text, noise, s, progress=report)
             return self.upscale(small, noise, s, progress=report)
-
-    def vary(self, images: Sequence[Image.Image], seeds: Sequence[int], settings: UnCLIPSettings | None = None, *,
-             progress: ProgressCallback | None = None) -> list[Image.Image]:
-        """One variation for each (image, seed) pair: decode the image's CLIP embedding with new noise."""
-        return to_pil(self.vary_tensors(images, seeds, settings, progress=progress))
 
     def vary_tensors(self, images: Sequence[Image.Image], seeds: Sequence[int], settings: UnCLIPSettings | None = None,
                      *, progress: ProgressCallback | None = None) -> torch.Tensor:
@@ -154,10 +99,7 @@ class UnCLIP:
     def _check(self, inputs: list, seeds: list[int], settings: UnCLIPSettings | None,
                operation: str) -> UnCLIPSettings:
         """The settings to use, after refusing a call that cannot run before any network does."""
-        if len(inputs) != len(seeds):
-            raise UsageError(f"{len(inputs)} inputs but {len(seeds)} seeds: give one seed per image")
-        if not inputs:
-            raise UsageError("nothing to make: no prompts or images were given")
+        self._pair(inputs, seeds)
         self.prepare(operation)
         s = settings or self.defaults
         if operation == "generate":
@@ -280,4 +222,4 @@ def load_model(source: ModelSource, *, device: str = "auto", dtype: str = "auto"
     folder = source.folder("model", on_notice)
     parts = load_components(folder, precision, home)
     assert isinstance(source.defaults, UnCLIPSettings)
-    return UnCLIP(parts, source.info(), source.defaults, target, precision, low_vram, source, on_notice)
+    return UnCLIP(parts, None, source.defaults, target, precision, low_vram, source, on_notice)
