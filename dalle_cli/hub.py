@@ -7,20 +7,25 @@ twins. The total size is announced before the first byte, and huggingface_hub re
 request. Every failure becomes a one-line `DalleError`. Importing this module does not import torch.
 
 Every network wait is bounded by huggingface_hub's own settings (environment variables it reads when imported):
-- `HF_HUB_ETAG_TIMEOUT` (default 10 s) bounds each metadata request: the file listing a fetch asks for first (said
-  beforehand through `on_notice`: what is asked, of which endpoint, for how long), huggingface_hub's own listing and
-  its look-up of each file. A listing that does not answer in time fails the fetch at once with a one-line
-  `DownloadError` naming the endpoint, the wait and the setting (hint "offline"). huggingface_hub retries a per-file
-  look-up 5 times, 1-8 s apart; the 60 s it gives those retries is lowered to this setting.
+- `HF_HUB_ETAG_TIMEOUT` (default 10 s) bounds each metadata request, to connect and for each read: the file listing
+  a fetch asks for first (announced through `on_notice` beforehand: what, of which endpoint, for how long), and
+  huggingface_hub's own look-up of the commit, tree listing and per-file look-ups. The first two are asked once: no
+  answer in time fails the fetch with a one-line `DownloadError` naming the endpoint, the wait and the setting (hint
+  "offline"). huggingface_hub retries the other two 5 times, 1-8 s apart (a look-up's retries would wait 60 s each;
+  they are lowered to this setting).
 - `HF_HUB_DOWNLOAD_TIMEOUT` (default 10 s) bounds each read of a file transfer. On expiry huggingface_hub resumes
-  the transfer with a Range request, up to 5 times in a row without a new byte, then the fetch fails the same way.
-- huggingface_hub's look-up of AI-agent names (`/api/agent-harnesses`, at most once a day) waits a fixed 3 s.
-So a hub that accepts connections and never answers fails a fetch within about HF_HUB_ETAG_TIMEOUT + 3 s.
+  the transfer with a Range request, up to 5 times in a row without a new byte, 1 s apart, then the fetch fails the
+  same way, naming the server that did not answer.
+- huggingface_hub's look-up of AI-agent names (`/api/agent-harnesses`; its answer is kept a day) waits up to 3 s.
+So a hub that accepts connections and never answers fails a fetch after about HF_HUB_ETAG_TIMEOUT + 3 s; one that
+stops answering midway, after at most 7 x HF_HUB_ETAG_TIMEOUT + 23 s (a look-up) or 6 x HF_HUB_DOWNLOAD_TIMEOUT + 5 s
+(a transfer).
 
 An interrupt (Ctrl-C) during a download raises `DownloadInterrupted`, which says how many files the cache keeps. The
 files huggingface_hub is transferring at that moment are finished first (its worker threads are not stopped); a
 partial file is resumed by the next fetch.
 """
+
 import errno
 import os
 import re

@@ -191,9 +191,16 @@ def test_the_library_loads_an_alias_and_varies_from_a_fresh_cache(hub: FakeHub, 
                             env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
-    assert [note.split(":")[0] for note in report["at_load"]] == ["downloading tiny on first use"]
-    assert [note.split(":")[0] for note in report["notes"]] == ["downloading tiny on first use",
-                                                                "downloading tiny-clip on first use"]
+    asking = f"asking {hub.endpoint} for the files of "  # each fetch first says what it asks the Hub
+
+    def said(note: str) -> str:
+        return note[len(asking):].split(" ")[0] if note.startswith(asking) else note.split(":")[0]
+
+    tiny = f"dalle-test/tiny-karlo@{repos['tiny'].commit[:7]}"
+    clip = f"dalle-test/tiny-clip@{repos['tiny-clip'].commit[:7]}"
+    assert [said(note) for note in report["at_load"]] == [tiny, "downloading tiny on first use"]
+    assert [said(note) for note in report["notes"]] == [tiny, "downloading tiny on first use", clip,
+                                                        "downloading tiny-clip on first use"]
     assert report["extras"] == {"image_encoder": f"dalle-test/tiny-clip@{repos['tiny-clip'].commit}"}
 
     from dalle_cli import load

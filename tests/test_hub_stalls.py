@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,7 @@ class SilentHub:
         self._held: list[socket.socket] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
 
     @property
     def connections(self) -> int:
@@ -127,7 +125,7 @@ def test_a_transfer_that_stops_answering_fails_after_its_resumes(tmp_path: Path)
 
 
 @pytest.fixture
-def in_process_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def in_process_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     """The stand-in hub serving PARTS, with huggingface_hub in this process pointed at it and at a fresh cache."""
     with FakeHub([PARTS]) as hub:
         for name, value in {"ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": False,
