@@ -17,18 +17,18 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
 
 from ..errors import UsageError
 from ..families import FAMILIES
 from ..registry import Entry, is_int_in, load_registry, registry_path
 from ..settings import Knob, Settings, check_value
-from ..sources import ModelSource
-from .naming import render_name, slugify
-from .outputs import read_record
+from .limits import MAX_COUNT, MAX_SEED
 
-MAX_SEED = 2**63 - 1
-MAX_COUNT = 10_000
+if TYPE_CHECKING:
+    from ..sources import ModelSource
+from .naming import render_name, slugify
+
 RECORD_KEYS = ("path", "index", "model", "repo_id", "revision", "model_path", "seconds", "dalle")
 
 
@@ -173,6 +173,8 @@ def _grid_items(raw: dict[str, Any], where: str) -> Iterator[Item]:
     paths = raw["grid"]
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise UsageError(f"{where}: 'grid' must list the paths of the images of a contact sheet")
+    from .outputs import read_record
+
     for k, path in enumerate(paths):
         record = read_record(Path(path))  # UsageError naming the file when it is gone or not dalle's
         yield from _json_items(json.dumps(record), f"{where} (image {k + 1} of its grid, {path})")
@@ -222,7 +224,7 @@ def argument_prompts(arguments: list[str]) -> list[Prompt]:
     return [Prompt(text.strip(), f"argument {number}") for number, text in enumerate(arguments, start=1)]
 
 
-def chosen(source: ModelSource, operation: str, base: Settings, given: dict[str, Any], where: str,
+def chosen(source: "ModelSource", operation: str, base: Settings, given: dict[str, Any], where: str,
            name: Callable[[str], str] = str) -> Settings:
     """`base` with the settings `given` for `operation` on the model `source`. Raises `UsageError`, its message
     starting with `where`, for a setting the model's family does not have or that the operation does not read, and
@@ -249,7 +251,7 @@ class Planner:
     template: str
     num: int
     seed: int
-    model: Callable[[Item], tuple[str, ModelSource]]
+    model: Callable[[Item], tuple[str, "ModelSource"]]
     base: Callable[[str, str], Settings]
     seed_option: str = "--seed"
     base_seeded: bool = False

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Callable, Iterable, Optional
 import typer
 
 from ..families import FAMILIES, Family
-from .batch import MAX_COUNT, MAX_SEED
+from .limits import MAX_COUNT, MAX_SEED
 from .naming import DEFAULT_TEMPLATE
 
 TYPES = {"steps": int, "guidance": float, "pixels": int, "text": str}
