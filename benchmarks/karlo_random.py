@@ -32,6 +32,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -100,14 +101,21 @@ def build_network(name: str, raw: dict[str, Any]) -> torch.nn.Module:
     return module_cls(from_config(config_cls, raw))
 
 
+def randomize_prior(prior: PriorTransformer) -> None:
+    """Give the prior's zero-initialised parameters values: its CLIP statistics and its position and prd embeddings
+    (see the module docstring)."""
+    with torch.no_grad():
+        prior.clip_mean.normal_(0.0, 0.5)
+        prior.clip_std.uniform_(0.5, 1.5)
+        prior.positional_embedding.normal_(0.0, 0.02)
+        prior.prd_embedding.normal_(0.0, 0.02)
+
+
 def _randomize(name: str, module: torch.nn.Module, damp: dict[str, float]) -> None:
     """Give the zero-initialised parameters values and damp the output convolution (see the module docstring)."""
     with torch.no_grad():
         if name == "prior":
-            module.clip_mean.normal_(0.0, 0.5)
-            module.clip_std.uniform_(0.5, 1.5)
-            module.positional_embedding.normal_(0.0, 0.02)
-            module.prd_embedding.normal_(0.0, 0.02)
+            randomize_prior(module)
         elif name == "text_proj":
             module.learned_classifier_free_guidance_embeddings.normal_(0.0, 1.0)
         elif name in damp:
@@ -115,62 +123,85 @@ def _randomize(name: str, module: torch.nn.Module, damp: dict[str, float]) -> No
             module.conv_out.bias.mul_(damp[name])
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` as indented, key-sorted JSON, creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def reused_weights(folder: Path, recipe: Any, log: Callable[[str], None]) -> dict[str, float] | None:
+    """`save_random_karlo`'s figures for a folder already built by `recipe` (its recipe.json equal to the recipe's
+    fields), or None when it must be (re)built."""
+    marker = folder / "recipe.json"
+    if not (marker.is_file() and json.loads(marker.read_text()) == recipe.__dict__):
+        return None
+    log(f"reusing the weights in {folder}")
+    return {"build_s": 0.0, "save_s": 0.0, "bytes": float(sum(f.stat().st_size for f in folder.rglob("*.safetensors"))),
+            "parameters": float(json.loads(marker.with_name("sizes.json").read_text())["parameters"]), "reused": 1.0}
+
+
+def save_network(folder: Path, weights: str, raw: dict[str, Any], build: Callable[[], torch.nn.Module],
+                 randomize: Callable[[torch.nn.Module], None], dtype: torch.dtype, device: torch.device,
+                 seed: int) -> tuple[int, int, float, float]:
+    """Build one network with `build()` on `device` in fp32 with torch seeded by `seed` (torch.nn.init on the
+    accelerator is fast, and fp32 keeps the initialisation the same whatever the stored dtype), `randomize` it, cast
+    it to `dtype`, copy it to the host and save `folder/config.json` (`raw`) and `folder/weights`, freeing it before
+    returning, so that at most one network's fp32 copy is ever on `device`. Returns (parameters, bytes saved,
+    seconds building, seconds saving)."""
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    with torch.device(device):
+        module = build()
+    randomize(module)
+    state = {k: v.to(dtype).contiguous().cpu() for k, v in module.state_dict().items()}
+    parameters = sum(p.numel() for p in module.parameters())
+    del module
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    built = time.perf_counter()
+    write_json(folder / "config.json", raw)
+    save_file(state, str(folder / weights), metadata={"format": "pt"})
+    return parameters, (folder / weights).stat().st_size, built - start, time.perf_counter() - built
+
+
+def mark_built(folder: Path, recipe: Any, parameters: int) -> None:
+    """Record that `folder` holds `recipe`'s weights; written last, so a folder cut short by a crash is rebuilt."""
+    write_json(folder / "sizes.json", {"parameters": parameters})
+    write_json(folder / "recipe.json", recipe.__dict__)
 
 
 def save_random_karlo(folder: Path, recipe: Recipe, device: torch.device,
                       log: Callable[[str], None] = print) -> dict[str, float]:
     """Write a random-weight Karlo to `folder` (model_index.json, six networks, three schedulers, the tokenizer).
 
-    Each network is built on `device` in fp32 (torch.nn.init on the accelerator is fast, and fp32 keeps the
-    initialisation the same whatever the stored dtype), randomized, cast to `recipe.dtype`, copied to the host,
-    saved and freed before the next is built, so at most one network's fp32 copy is ever on `device`.
+    Each network is built on `device` in fp32, randomized, cast to `recipe.dtype` and saved by `save_network`.
     If `folder/recipe.json` already equals `recipe`, nothing is rebuilt. Returns {"build_s", "save_s", "bytes",
     "parameters", "reused"}: seconds spent building and saving, and the size and parameter count of the weights.
     """
     dtype = {"fp16": torch.float16, "fp32": torch.float32}[recipe.dtype]
-    marker = folder / "recipe.json"
-    if marker.is_file() and json.loads(marker.read_text()) == recipe.__dict__:
-        files = [f for f in folder.glob("*/*.safetensors")]
-        log(f"reusing the weights in {folder}")
-        return {"build_s": 0.0, "save_s": 0.0, "bytes": float(sum(f.stat().st_size for f in files)),
-                "parameters": float(json.loads(marker.with_name("sizes.json").read_text())["parameters"]),
-                "reused": 1.0}
+    reused = reused_weights(folder, recipe, log)
+    if reused is not None:
+        return reused
     if folder.exists():
         shutil.rmtree(folder)
     build_s = save_s = 0.0
     size = parameters = 0
     for index, (name, (_, _, weights)) in enumerate(NETWORKS.items()):
-        start = time.perf_counter()
         raw = network_config(name, recipe.small)
-        torch.manual_seed(recipe.seed * 1000 + index)  # each network's weights independent of the others'
-        with torch.device(device):
-            module = build_network(name, raw)
-        _randomize(name, module, recipe.damp)
-        state = {k: v.to(dtype).contiguous().cpu() for k, v in module.state_dict().items()}
-        parameters += sum(p.numel() for p in module.parameters())
-        del module
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        built = time.perf_counter()
-        _write_json(folder / name / "config.json", raw)
-        save_file(state, str(folder / name / weights), metadata={"format": "pt"})
-        size += (folder / name / weights).stat().st_size
-        del state
-        save_s += time.perf_counter() - built
-        build_s += built - start
-        log(f"  {name}: built and saved ({time.perf_counter() - start:.1f} s)")
+        count, saved, built, wrote = save_network(
+            folder / name, weights, raw, partial(build_network, name, raw),
+            partial(_randomize, name, damp=recipe.damp), dtype, device,
+            recipe.seed * 1000 + index)  # each network's weights independent of the others'
+        parameters, size, build_s, save_s = parameters + count, size + saved, build_s + built, save_s + wrote
+        log(f"  {name}: built and saved ({built + wrote:.1f} s)")
     for name in SCHEDULERS:
         raw = read_json(KARLO / name / "scheduler_config.json")
         if name != "prior_scheduler":
             raw["prediction_type"] = recipe.prediction
-        _write_json(folder / name / "scheduler_config.json", raw)
+        write_json(folder / name / "scheduler_config.json", raw)
     shutil.copy(KARLO / "model_index.json", folder / "model_index.json")
     shutil.copytree(TOKENIZER, folder / "tokenizer")
-    _write_json(folder / "sizes.json", {"parameters": parameters})
-    _write_json(marker, recipe.__dict__)  # last: a folder cut short by a crash is rebuilt
+    mark_built(folder, recipe, parameters)
     return {"build_s": build_s, "save_s": save_s, "bytes": float(size), "parameters": float(parameters),
             "reused": 0.0}
 

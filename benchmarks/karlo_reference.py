@@ -6,9 +6,9 @@ JOB.json names the model folder, device, dtype, prompts, seeds, batch size, CPU 
 and a shorter warm-up setting, and two output paths: `images` gets the images as a float32 tensor [N, H, W, 3] in [0, 1]
 (diffusers' output_type="np", saved with torch.save), `result` a JSON object {"load_s", "load_peak_bytes",
 "resident_bytes", "sample_s", "sample_peak_bytes", "versions"}. Each image i gets its own
-`torch.Generator("cpu").manual_seed(seeds[i])`, as dalle seeds it. It runs in its own process so that its memory
-figures start from an empty GPU and its import of diffusers never touches dalle's process; on the GPU machine,
-diffusers and transformers come as wheels on PYTHONPATH.
+`torch.Generator("cpu").manual_seed(seeds[i])`, as dalle seeds it (benchmarks/bench_timing.py's `run_reference_job`
+does all that). It runs in its own process so that its memory figures start from an empty GPU and its import of
+diffusers never touches dalle's process; on the GPU machine, diffusers and transformers come as wheels on PYTHONPATH.
 """
 
 import json
@@ -16,10 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-import torch
-from bench_timing import allocated, measure
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from bench_timing import DTYPES, run_reference_job
 
 
 def _settings(raw: dict) -> dict:
@@ -38,8 +35,7 @@ def main(job_path: Path) -> int:
     from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-    device, dtype, folder = torch.device(job["device"]), DTYPES[job["dtype"]], Path(job["folder"])
-    torch.set_num_threads(job["threads"])  # as many CPU threads as dalle had, for a fair CPU timing
+    dtype, folder = DTYPES[job["dtype"]], Path(job["folder"])
     # Karlo's model_index.json names the text projection's library "unclip", which diffusers 0.42 refuses to
     # resolve (even with the component handed in), so every component is loaded by its class, from its folder.
     networks = {"prior": PriorTransformer, "decoder": UNet2DConditionModel, "text_proj": UnCLIPTextProjModel,
@@ -51,30 +47,10 @@ def main(job_path: Path) -> int:
         parts["tokenizer"] = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         for name in ("prior_scheduler", "decoder_scheduler", "super_res_scheduler"):
             parts[name] = UnCLIPScheduler.from_pretrained(folder / name)
-        return UnCLIPPipeline(**parts).to(device)
+        return UnCLIPPipeline(**parts).to(job["device"])
 
-    loaded = measure(load, device)
-    pipe = loaded.value
-    pipe.set_progress_bar_config(disable=True)
-    resident = allocated(device)
-    prompts, seeds, batch = job["prompts"], job["seeds"], job["batch"]
-
-    def run(settings: dict) -> torch.Tensor:
-        out = []
-        for i in range(0, len(prompts), batch):
-            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[i:i + batch]]
-            out.append(torch.from_numpy(pipe(prompt=prompts[i:i + batch], generator=generators, output_type="np",
-                                              **settings).images))
-        return torch.cat(out)
-
-    with torch.inference_mode():
-        run(_settings(job["warmup"]))
-        sampled = measure(lambda: run(_settings(job["settings"])), device)
-    torch.save(sampled.value, job["images"])
-    result = {"load_s": loaded.seconds, "load_peak_bytes": loaded.peak_bytes, "resident_bytes": resident,
-              "sample_s": sampled.seconds, "sample_peak_bytes": sampled.peak_bytes,
-              "versions": {"diffusers": diffusers.__version__, "transformers": transformers.__version__}}
-    Path(job["result"]).write_text(json.dumps(result, indent=2) + "\n")
+    run_reference_job(job, load, _settings,
+                      {"diffusers": diffusers.__version__, "transformers": transformers.__version__})
     return 0
 
 
