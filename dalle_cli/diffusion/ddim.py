@@ -113,11 +113,6 @@ def _predict(model_output: Tensor, x: Tensor, alpha_bar: Tensor, config: DDIMCon
     return x0, eps
 
 
-def _alpha_bar(tables: NoiseSchedule, t: int) -> Tensor:
-    """ᾱ_t as a 0-d float32 CPU tensor, with ᾱ_{-1} = 1 (the clean sample)."""
-    return tables.alphas_cumprod[t] if t >= 0 else tables.alphas_cumprod.new_ones(())
-
-
 def step(
     model_output: Tensor,
     t: int,
@@ -153,8 +148,8 @@ def step(
     model_output = _epsilon(model_output, x, config)
 
     # 0-d float32 CPU scalars
-    alpha_bar = _alpha_bar(tables, t)
-    alpha_bar_prev = _alpha_bar(tables, prev_t)
+    alpha_bar = tables.alpha_bar(t)
+    alpha_bar_prev = tables.alpha_bar(prev_t)
     x0, eps = _predict(model_output, x, alpha_bar, config)
     variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)
     std = eta * variance**0.5  # σ_t(η)
@@ -190,8 +185,8 @@ def invert_step(
     model_output = _epsilon(model_output, x, config)
 
     # 0-d float32 CPU scalars
-    alpha_bar_next = _alpha_bar(tables, next_t)
-    x0, eps = _predict(model_output, x, _alpha_bar(tables, t), config)
+    alpha_bar_next = tables.alpha_bar(next_t)
+    x0, eps = _predict(model_output, x, tables.alpha_bar(t), config)
     return alpha_bar_next**0.5 * x0 + (1 - alpha_bar_next) ** 0.5 * eps
 
 

@@ -50,7 +50,7 @@ from torch import Tensor
 from ..configs import check_choice
 from ..errors import ConfigError, SchedulerError
 from . import schedule
-from .sampler import Denoiser, NoiseFn, OnStep, needs_noise
+from .sampler import Denoiser, NoiseFn, OnStep, checked_output, needs_noise
 from .schedule import NoiseSchedule
 
 __all__ = ["DDPMConfig", "add_noise", "learns_variance", "needs_noise", "noise_schedule", "sample", "step",
@@ -202,23 +202,13 @@ def step(
     `x` is (B, C, ...) in any float dtype on any device; `model_output` is (B, C, ...), or (B, 2C, ...) when
     `learns_variance(config)`. The result has x's shape and the dtype promotion of model_output with x.
     """
-    if not 0 <= t < config.num_train_timesteps or not -1 <= prev_t < t:
-        last = config.num_train_timesteps - 1
-        raise SchedulerError(f"a step needs -1 <= prev_t < t <= {last}, got t={t}, prev_t={prev_t}")
-    if (noise is not None) != needs_noise(t):
-        raise SchedulerError(f"the step at t={t} takes {'one noise tensor' if needs_noise(t) else 'no noise'}")
-    channels = x.shape[1]
-    if learns_variance(config):
-        if model_output.shape[1] != 2 * channels:
-            got = model_output.shape[1]
-            raise SchedulerError(f"a {config.variance_type} model must output 2 x {channels} channels, got {got}")
-        model_output, variance_values = model_output.split(channels, dim=1)  # (B, C, ...) each
-    elif model_output.shape[1] != channels:
-        raise SchedulerError(f"the model must output {channels} channels, got {model_output.shape[1]}")
+    learned = config.variance_type if learns_variance(config) else None
+    model_output, variance_values = checked_output(model_output, t, prev_t, x, config.num_train_timesteps, noise,
+                                                   learned)
 
     # 0-d float32 CPU scalars
-    alpha_bar = tables.alphas_cumprod[t]
-    alpha_bar_prev = tables.alphas_cumprod[prev_t] if prev_t >= 0 else tables.alphas_cumprod.new_ones(())
+    alpha_bar = tables.alpha_bar(t)
+    alpha_bar_prev = tables.alpha_bar(prev_t)
     one_minus_alpha_bar = 1 - alpha_bar
     one_minus_alpha_bar_prev = 1 - alpha_bar_prev
     alpha = alpha_bar / alpha_bar_prev

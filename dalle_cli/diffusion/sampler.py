@@ -37,6 +37,29 @@ def needs_noise(t: int) -> bool:
     return t > 0
 
 
+def checked_output(model_output: Tensor, t: int, prev_t: int, x: Tensor, num_train_timesteps: int,
+                   noise: Tensor | None, learned: str | None) -> tuple[Tensor, Tensor | None]:
+    """The checks every ancestral step makes before its math, and the model output split for it: (the C channels
+    the step reads as ε or x_0, the C variance values or None). Raises `SchedulerError` unless
+    -1 <= prev_t < t < num_train_timesteps, `noise` is given exactly when `needs_noise(t)`, and the output has C
+    channels, or 2C for a model whose variance type `learned` names."""
+    if not 0 <= t < num_train_timesteps or not -1 <= prev_t < t:
+        last = num_train_timesteps - 1
+        raise SchedulerError(f"a step needs -1 <= prev_t < t <= {last}, got t={t}, prev_t={prev_t}")
+    if (noise is not None) != needs_noise(t):
+        raise SchedulerError(f"the step at t={t} takes {'one noise tensor' if needs_noise(t) else 'no noise'}")
+    channels = x.shape[1]
+    if learned is not None:
+        if model_output.shape[1] != 2 * channels:
+            got = model_output.shape[1]
+            raise SchedulerError(f"a {learned} model must output 2 x {channels} channels, got {got}")
+        output, variance_values = model_output.split(channels, dim=1)  # (B, C, ...) each
+        return output, variance_values
+    if model_output.shape[1] != channels:
+        raise SchedulerError(f"the model must output {channels} channels, got {model_output.shape[1]}")
+    return model_output, None
+
+
 def step(
     model_output: Tensor,
     t: int,
@@ -64,23 +87,13 @@ def step(
     `x` is (B, C, ...) in any float dtype on any device; the result has x's shape (and the dtype promotion of
     model_output with x).
     """
-    if not 0 <= t < config.num_train_timesteps or not -1 <= prev_t < t:
-        last = config.num_train_timesteps - 1
-        raise SchedulerError(f"a step needs -1 <= prev_t < t <= {last}, got t={t}, prev_t={prev_t}")
-    if (noise is not None) != needs_noise(t):
-        raise SchedulerError(f"the step at t={t} takes {'one noise tensor' if needs_noise(t) else 'no noise'}")
-    channels = x.shape[1]
-    if config.variance_type == "learned_range":
-        if model_output.shape[1] != 2 * channels:
-            got = model_output.shape[1]
-            raise SchedulerError(f"a learned_range model must output 2 x {channels} channels, got {got}")
-        model_output, variance_values = model_output.split(channels, dim=1)  # (B, C, ...) each
-    elif model_output.shape[1] != channels:
-        raise SchedulerError(f"the model must output {channels} channels, got {model_output.shape[1]}")
+    learned = config.variance_type if config.variance_type == "learned_range" else None
+    model_output, variance_values = checked_output(model_output, t, prev_t, x, config.num_train_timesteps, noise,
+                                                   learned)
 
     # 0-d float32 CPU scalars
-    alpha_bar = schedule.alphas_cumprod[t]
-    alpha_bar_prev = schedule.alphas_cumprod[prev_t] if prev_t >= 0 else schedule.alphas_cumprod.new_ones(())
+    alpha_bar = schedule.alpha_bar(t)
+    alpha_bar_prev = schedule.alpha_bar(prev_t)
     beta = schedule.betas[t] if prev_t == t - 1 else 1 - alpha_bar / alpha_bar_prev
     one_minus_alpha_bar = 1 - alpha_bar
     one_minus_alpha_bar_prev = 1 - alpha_bar_prev

@@ -47,6 +47,10 @@ class NoiseSchedule:
     betas: Tensor
     alphas_cumprod: Tensor
 
+    def alpha_bar(self, t: int) -> Tensor:
+        """ᾱ_t as a 0-d float32 CPU tensor, with ᾱ_{-1} = 1: the clean sample after the last step."""
+        return self.alphas_cumprod[t] if t >= 0 else self.alphas_cumprod.new_ones(())
+
 
 def _alpha_bar(s: float) -> float:
     """Improved DDPM eq. (17) before normalisation: f(s) = cos²((s + 0.008) / 1.008 · π/2) for s = t/T in [0, 1]."""
