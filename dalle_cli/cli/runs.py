@@ -196,17 +196,16 @@ def run_key(identity: dict[str, Any]) -> str:
 
 @dataclass
 class Plan:
-    """What the checking pass found: the images to make and to skip, and the progress events of those to make."""
+    """What the checking pass found: the images to make, and the progress events of making them."""
 
     todo: int = 0
-    skipped: int = 0
     events: int = 0
-    base_seeded: bool = False
 
 
-def _check(request: Request, planner: Planner, skip: bool) -> Plan:
+def _check(request: Request, planner: Planner, skip: bool, tally: Tally) -> Plan:
     """Go over every job once without making anything: every value is checked and every name is rendered, so a bad
-    line or name stops the run before any model loads. Counts the images to make and their progress events."""
+    line or name stops the run before any model loads. Counts the images to make and their progress events, and
+    enters the images it skips (their files are whole) in `tally`."""
     plan, limit, names = Plan(), name_limit(request.out), set()
     unique = "{index" in request.template  # names hold the index: unique by construction, no need to keep them
 
@@ -222,7 +221,7 @@ def _check(request: Request, planner: Planner, skip: bool) -> Plan:
                                      "the template")
                 names.add(job.name)
             if skip and looks_complete(request.out / job.name):
-                plan.skipped += 1
+                tally.add(job, request.out / job.name, made=False)
             else:
                 yield job
 
@@ -230,7 +229,6 @@ def _check(request: Request, planner: Planner, skip: bool) -> Plan:
         plan.todo += len(batch)
         family = request.models.sources[batch[0].model].family
         plan.events += family.events(batch[0].operation, batch[0].settings)
-    plan.base_seeded = planner.base_seeded
     return plan
 
 
@@ -244,24 +242,20 @@ def execute(request: Request, reporter: Reporter, tally: Tally) -> None:
     skip = request.skip_existing or resuming
     seed_option = "--seed" if request.seed is not None else "the base seed"
     planner = Planner(request.template, request.num, seed, request.models.of, request.models.base, seed_option)
-    plan = _check(request, planner, skip)
-    if plan.base_seeded and request.seed is None:
+    tally.paths = {} if request.grid else None
+    plan = _check(request, planner, skip, tally)
+    if planner.base_seeded and request.seed is None:
         how = "the interrupted run's" if resuming else "the last run's" if reuse else "random"
         reporter.note(f"seed {seed} ({how}; --seed {seed} makes the same images again)")
     if resuming:
-        reporter.note(f"resuming an interrupted run in {request.out}: {plan.skipped} of {plan.skipped + plan.todo} "
+        reporter.note(f"resuming an interrupted run in {request.out}: {tally.skipped} of {tally.skipped + plan.todo} "
                       "images are already made")
-    elif plan.skipped:
-        reporter.note(f"skipping {plan.skipped} image{'s' * (plan.skipped != 1)} whose files exist")
-    tally.paths = {} if request.grid else None
+    elif tally.skipped:
+        reporter.note(f"skipping {tally.skipped} image{'s' * (tally.skipped != 1)} whose files exist")
     manifest = manifest or Manifest(request.out / MANIFESTS / f"run-{key[:24]}.json", seed)
-    manifest.seed, manifest.images, manifest.finished = seed, plan.todo + plan.skipped, False
+    manifest.seed, manifest.images, manifest.finished = seed, plan.todo + tally.skipped, False
     if plan.todo:
         _make(request, planner, skip, plan, manifest, reporter, tally)
-    else:
-        tally.skipped = plan.skipped
-        if tally.paths is not None:
-            tally.paths.update({job.index: request.out / job.name for job in planner.jobs(request.items())})
     if manifest.path.parent.parent.is_dir():
         manifest.finished = True
         manifest.save(request.identity)
@@ -281,8 +275,7 @@ def _make(request: Request, planner: Planner, skip: bool, plan: Plan, manifest: 
     def jobs() -> Iterator[Job]:
         for job in planner.jobs(request.items()):
             target = request.out / job.name
-            if skip and looks_complete(target):
-                tally.add(job, target, made=False)
+            if skip and looks_complete(target):  # entered in the tally by the checking pass
                 continue
             if skip and target.exists():
                 reporter.warn(f"{target} is damaged (not a whole PNG): kept as {put_aside(target)}, made again")
