@@ -4,6 +4,7 @@ Settings options come from the families' settings declarations (`dalle_cli.setti
 here: `--prior-steps` is the field `prior_steps`. An option that only some families have says which in `--help`.
 """
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from enum import Enum
@@ -96,32 +97,25 @@ def part_parameters(families: Iterable[Family]) -> list[inspect.Parameter]:
 
 @dataclass(frozen=True)
 class Common:
-    """The options every image-making command shares."""
+    """The options every image-making command shares, each field its typer option and default (the settings
+    options come after `seed` in --help), and `parts`, the companion options given."""
 
-    model: str | None
-    num: int
-    seed: int | None
-    out: Path
-    name: str
-    device: Device
-    dtype: DType
-    batch_size: int
-    low_vram: bool
-    offline: bool
-    json_lines: bool
-    quiet: bool
-    skip_existing: bool
-    grid: bool
-    debug: bool
+    model: ModelOpt = None
+    num: NumOpt = 1
+    seed: SeedOpt = None
+    out: OutOpt = Path("outputs")
+    name: NameOpt = DEFAULT_TEMPLATE
+    device: DeviceOpt = Device.auto
+    dtype: DTypeOpt = DType.auto
+    batch_size: BatchOpt = 4
+    low_vram: LowVramOpt = False
+    offline: OfflineOpt = False
+    json_lines: JsonOpt = False
+    quiet: QuietOpt = False
+    skip_existing: SkipOpt = False
+    grid: GridOpt = False
+    debug: DebugOpt = False
     parts: dict[str, str] = field(default_factory=dict)
-
-
-# The shared options with their defaults, split where the settings options go in --help.
-BEFORE_SETTINGS = {"model": (ModelOpt, None), "num": (NumOpt, 1), "seed": (SeedOpt, None)}
-AFTER_SETTINGS = {"out": (OutOpt, Path("outputs")), "name": (NameOpt, DEFAULT_TEMPLATE), "device": (DeviceOpt, Device.auto),
-                  "dtype": (DTypeOpt, DType.auto), "batch_size": (BatchOpt, 4), "low_vram": (LowVramOpt, False),
-                  "offline": (OfflineOpt, False), "json_lines": (JsonOpt, False), "quiet": (QuietOpt, False),
-                  "skip_existing": (SkipOpt, False), "grid": (GridOpt, False), "debug": (DebugOpt, False)}
 
 
 def image_command(operation: str, families: Iterable[Family] = FAMILIES.values()) -> Callable[[Callable], Callable]:
@@ -133,13 +127,14 @@ def image_command(operation: str, families: Iterable[Family] = FAMILIES.values()
         own = [p for p in inspect.signature(body).parameters.values() if p.name not in ("common", "settings")]
         having = list(families)
         parts, extra = part_parameters(having), setting_parameters(operation, having)
-        shared = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
-                  for name, (kind, default) in {**BEFORE_SETTINGS, **AFTER_SETTINGS}.items()]
-        parameters = [*own, *shared[:len(BEFORE_SETTINGS)], *parts, *extra, *shared[len(BEFORE_SETTINGS):]]
+        shared = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default,
+                                    annotation=f.type) for f in dataclasses.fields(Common) if f.name != "parts"]
+        at = next(k + 1 for k, p in enumerate(shared) if p.name == "seed")
+        parameters = [*own, *shared[:at], *parts, *extra, *shared[at:]]
 
         def command(**values: Any) -> Any:
             chosen_parts = {p.name: values.pop(p.name) for p in parts}
-            common = Common(**{name: values.pop(name) for name in (*BEFORE_SETTINGS, *AFTER_SETTINGS)},
+            common = Common(**{p.name: values.pop(p.name) for p in shared},
                             parts={k: v for k, v in chosen_parts.items() if v is not None})
             given = {p.name: values.pop(p.name) for p in extra}
             return body(**values, common=common, settings={k: v for k, v in given.items() if v is not None})
