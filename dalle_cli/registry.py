@@ -8,8 +8,9 @@ Each entry of the file's `models` object maps an alias to a model made of one or
 - a local folder: `path`, relative to the registry file's folder.
 
 Every entry may carry `family` (the model family, default "unclip"), `description`, `license`, `size_bytes` (all its
-repos together, with `size_exact`; a local folder's size is read from the disk instead), the default sampling settings `defaults` (checked against the family's settings;
-missing keys take the family's, or those of the folder's `dalle.json`), `kind` ("model", the default, or
+repos together, with `size_exact`; a local folder's size is read from the disk instead), the default sampling
+settings `defaults` (checked against the family's settings; missing keys take the family's, or those of the folder's
+`dalle.json`), `kind` ("model", the default, or
 "image_encoder") and, for unCLIP models without an image encoder of their own, `image_encoder`: the alias of the
 encoder their variations use. Keys starting with `_` are notes.
 

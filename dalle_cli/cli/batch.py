@@ -155,8 +155,9 @@ def _json_items(line: str, where: str) -> Iterator[Item]:
     n = check_count(raw["n"], where) if "n" in raw else None
     model = record_model(raw)
     # A record of a registry model names its parts through the registry; others name them in the record itself.
+    companions = (role for family in FAMILIES.values() for role in family.companions)
     parts = () if model is None or model == raw.get("model") else tuple(
-        (role, raw[role]) for family in FAMILIES.values() for role in family.companions if isinstance(raw.get(role), str))
+        (role, raw[role]) for role in companions if isinstance(raw.get(role), str))
     if "source" in raw and "prompt" not in raw:
         if not isinstance(raw["source"], str) or not raw["source"]:
             raise UsageError(f"{where}: 'source' must be the path of a picture")

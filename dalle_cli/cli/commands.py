@@ -173,7 +173,8 @@ def models(json_lines: JsonOpt = False, debug: DebugOpt = False) -> None:
             size = ("" if row["size_exact"] else "~") + format_size(row["size_bytes"]) if row["size_bytes"] else "-"
             disk = {"downloaded": "yes", "partial": "partly", "missing": "no"}[row["state"]]
             disk += f" ({format_size(row['on_disk_bytes'])})" if row["on_disk_bytes"] else ""
-            source = " + ".join(repo[:repo.index("@") + 8] if "@" in repo else repo for repo in row["source"].split(" + "))
+            repos = row["source"].split(" + ")
+            source = " + ".join(repo[:repo.index("@") + 8] if "@" in repo else repo for repo in repos)
             table.add_row(row["name"], row["description"], source, size, disk, row["license"])
         console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)  # no wrapping in pipes
         console.print(table)

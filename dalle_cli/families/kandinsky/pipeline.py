@@ -233,7 +233,8 @@ class Kandinsky(Model):
 
 def _example_prior() -> str:
     """A registry model that holds a Kandinsky 2.2 prior, to name in a message."""
-    found = [alias for alias, entry in load_registry().items() if entry.family == FAMILY.name and "prior" in entry.repos]
+    found = [alias for alias, entry in load_registry().items()
+             if entry.family == FAMILY.name and "prior" in entry.repos]
     return found[0] if found else "kandinsky-community/kandinsky-2-2-prior"
 
 
