@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from karlo_random import mark_built, randomize_prior, reused_weights, save_network, write_json
+from karlo_random import count_flops, mark_built, randomize_prior, reused_weights, save_network, write_json
 from param_counts import DECODER, PRIOR, _kandinsky
 
 from dalle_cli.configs import read_json
@@ -179,17 +179,10 @@ def flops_per_image(root: Path, prior_steps: int, decoder_steps: int, width: int
     per step, and MoVQ decodes the image once. The image encoder is left out: it runs once per checkpoint, for the
     zero-image embedding that dalle then caches. Elementwise work outside the networks is left out too.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     meta = torch.device("meta")
     with meta:
         nets = {name: build_network(name, read_json(root / role / name / "config.json"))
                 for name, (role, _) in NETWORKS.items() if name != "image_encoder"}
-
-    def count(fn: Callable[[], Any]) -> float:
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            fn()
-        return float(counter.get_total_flops())
 
     text, prior, unet, movq = nets["text_encoder"], nets["prior"], nets["unet"], nets["movq"]
     tokens, dim = text.config.max_position_embeddings, prior.config.embedding_dim
@@ -198,12 +191,12 @@ def flops_per_image(root: Path, prior_steps: int, decoder_steps: int, width: int
     mask = torch.ones(2, tokens, dtype=torch.bool, device=meta)
     latent = (height // movq.downscale, width // movq.downscale)
     per_call = {
-        "text_encoder": count(lambda: text(torch.zeros(2, tokens, dtype=torch.long, device=meta))),
-        "prior": count(lambda: prior(embeds, 999, proj_embedding=embeds, encoder_hidden_states=hidden,
+        "text_encoder": count_flops(lambda: text(torch.zeros(2, tokens, dtype=torch.long, device=meta))),
+        "prior": count_flops(lambda: prior(embeds, 999, proj_embedding=embeds, encoder_hidden_states=hidden,
                                      attention_mask=mask)),
-        "unet": count(lambda: unet(torch.zeros(2, unet.config.in_channels, *latent, device=meta), 999,
+        "unet": count_flops(lambda: unet(torch.zeros(2, unet.config.in_channels, *latent, device=meta), 999,
                                    image_embeds=embeds)),
-        "movq": count(lambda: movq.decode(torch.zeros(1, movq.config.embed_dim, *latent, device=meta))),
+        "movq": count_flops(lambda: movq.decode(torch.zeros(1, movq.config.embed_dim, *latent, device=meta))),
     }
     calls = {"text_encoder": 1, "prior": prior_steps, "unet": decoder_steps, "movq": 1}
     return {name: per_call[name] * calls[name] for name in per_call}

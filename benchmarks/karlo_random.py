@@ -206,6 +206,15 @@ def save_random_karlo(folder: Path, recipe: Recipe, device: torch.device,
             "reused": 0.0}
 
 
+def count_flops(fn: Callable[[], Any]) -> float:
+    """The floating-point operations `fn()` runs, counted by torch's FlopCounterMode (on the meta device: free)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
 def flops_per_image(folder: Path, prior_steps: int, decoder_steps: int, sr_steps: int) -> dict[str, float]:
     """Floating-point operations to make one image at batch 1 with guidance on, by network, counted with
     torch.utils.flop_counter.FlopCounterMode on shape-only (meta) copies built from `folder`'s configs.
@@ -214,16 +223,9 @@ def flops_per_image(folder: Path, prior_steps: int, decoder_steps: int, sr_steps
     rows, the prior and the decoder run 2 rows per step, and the super-resolution networks 1 row per step
     (`super_res_first` every step but the last). Elementwise work outside the networks is left out.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     meta = torch.device("meta")
     with meta:
         nets = {name: build_network(name, read_json(folder / name / "config.json")) for name in NETWORKS}
-
-    def count(fn: Callable[[], Any]) -> float:
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-            fn()
-        return float(counter.get_total_flops())
 
     text, prior, proj, decoder = nets["text_encoder"], nets["prior"], nets["text_proj"], nets["decoder"]
     tokens, width = text.config.max_position_embeddings, text.config.hidden_size
@@ -236,16 +238,16 @@ def flops_per_image(folder: Path, prior_steps: int, decoder_steps: int, sr_steps
     sr = nets["super_res_first"].config
     sr_input = torch.zeros(1, sr.in_channels, sr.sample_size, sr.sample_size, device=meta)
     per_call = {
-        "text_encoder": count(lambda: text(torch.zeros(2, tokens, dtype=torch.long, device=meta))),
-        "prior": count(lambda: prior(embeds, 999, proj_embedding=embeds, encoder_hidden_states=hidden,
+        "text_encoder": count_flops(lambda: text(torch.zeros(2, tokens, dtype=torch.long, device=meta))),
+        "prior": count_flops(lambda: prior(embeds, 999, proj_embedding=embeds, encoder_hidden_states=hidden,
                                      attention_mask=mask)),
-        "text_proj": count(lambda: proj(embeds[:1], embeds, hidden, True)),
-        "decoder": count(lambda: decoder(torch.zeros(2, decoder.config.in_channels, size, size, device=meta), 999,
+        "text_proj": count_flops(lambda: proj(embeds[:1], embeds, hidden, True)),
+        "decoder": count_flops(lambda: decoder(torch.zeros(2, decoder.config.in_channels, size, size, device=meta), 999,
                                          encoder_hidden_states=context,
                                          class_labels=torch.zeros(2, proj.config.time_embed_dim, device=meta),
                                          attention_mask=torch.ones(2, extra + tokens, dtype=torch.bool, device=meta))),
-        "super_res_first": count(lambda: nets["super_res_first"](sr_input, 999)),
-        "super_res_last": count(lambda: nets["super_res_last"](sr_input, 0)),
+        "super_res_first": count_flops(lambda: nets["super_res_first"](sr_input, 999)),
+        "super_res_last": count_flops(lambda: nets["super_res_last"](sr_input, 0)),
     }
     calls = {"text_encoder": 1, "prior": prior_steps, "text_proj": 1, "decoder": decoder_steps,
              "super_res_first": sr_steps - 1, "super_res_last": 1}
