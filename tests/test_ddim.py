@@ -17,7 +17,8 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from dalle_cli.configs import from_config, read_json
 from dalle_cli.diffusion import ddpm, schedule
-from dalle_cli.diffusion.ddim import DDIMConfig, config_for, invert, invert_step, needs_noise, sample, step
+from dalle_cli.diffusion.ddim import (DDIMConfig, config_for, invert, invert_step, invertible, needs_noise, sample,
+                                      step)
 from dalle_cli.errors import ConfigError, SchedulerError
 from reference import KARLO, REFERENCE
 
@@ -462,3 +463,83 @@ def test_loops_never_read_device_values(family: str) -> None:
         assert result.device.type == "meta" and result.dtype == torch.float16 and result.shape == SHAPE
     with pytest.raises((RuntimeError, NotImplementedError)):
         x.item()
+
+
+@pytest.mark.parametrize("n", (7, 25))
+def test_invert_from_timestep_zero_equals_reference_without_alpha_to_one(n: int) -> None:
+    """`clean_at=0` is `DDIMInverseScheduler(set_alpha_to_one=False)`: its first step starts at ᾱ_0, not at 1."""
+    raw = {**KANDINSKY_RAW, "set_alpha_to_one": False}
+    reference = DDIMInverseScheduler.from_config(raw)
+    tables, timesteps = FAMILIES["kandinsky"]
+    reference.set_timesteps(n)
+    steps = timesteps(n)
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(n)).clamp(-1, 1)
+    model, _ = toy_model(seed=n)
+    expected = x0
+    for t in reference.timesteps:
+        expected = reference.step(model(expected, int(t), steps.index(int(t))), t, expected).prev_sample
+    assert torch.equal(invert(model, x0, steps, tables, config_for(KANDINSKY), clean_at=0), expected)
+
+
+def test_invert_skips_the_step_to_a_clean_end_at_timestep_zero() -> None:
+    """On unCLIP's spacing, which ends at t = 0, an x_0-predicting model's inversion starts there: the sample is
+    x_0 at t = 0, the step from -1 is not taken (its noise would be undefined), and `on_step` still sees it."""
+    tables, timesteps = FAMILIES["unclip"]
+    steps = timesteps(7)
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
+    model, calls = toy_model(seed=3)
+    seen: list[int] = []
+    ours = invert(model, x0, steps, tables, DDIMConfig("sample"), lambda i, t, x: seen.append(t), clean_at=0)
+    assert seen == steps[::-1] and [t for t, _ in calls] == steps[-2::-1]
+    model, _ = toy_model(seed=3)
+    x = x0
+    for i in reversed(range(len(steps) - 1)):
+        x = invert_step(model(x, steps[i], i), steps[i + 1], steps[i], x, tables, DDIMConfig("sample"))
+    assert torch.equal(ours, x)
+
+
+@pytest.mark.parametrize("prediction", ("epsilon", "sample"))
+def test_refined_inversion_is_undone_by_sampling(prediction: str) -> None:
+    """The ideal model for data drawn from N(0, s²): its x_0 = √ᾱ s² x / (ᾱ s² + 1 - ᾱ) depends on the sample, so
+    plain inversion over 15 steps drifts; each refinement brings `sample`'s result closer to x_0, on the cosine
+    schedule with its singular top lowered (`invertible`), for both predictions."""
+    tables, timesteps = FAMILIES["unclip"]
+    steps = invertible(timesteps(15), tables)
+    config = DDIMConfig(prediction)
+    x0 = 0.5 * torch.randn(SHAPE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def model(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
+        a = tables.alpha_bar(t).double()
+        clean = a.sqrt() * 0.25 * x / (a * 0.25 + 1 - a)
+        return clean if prediction == "sample" else (x - a.sqrt() * clean) / (1 - a).sqrt()
+
+    clean_at = 0 if prediction == "sample" else -1
+    errors = [(sample(model, invert(model, x0, steps, tables, config, clean_at=clean_at, refine=k), steps, tables,
+                      config) - x0).abs().max().item() for k in (0, 2, 6)]
+    assert errors[0] > 0.1 and errors[2] < errors[1] < errors[0] and errors[2] < 0.05 * errors[0], errors
+
+
+def test_invertible_lowers_only_a_capped_top() -> None:
+    tables, timesteps = FAMILIES["unclip"]
+    assert invertible(timesteps(15), tables) == [998, *timesteps(15)[1:]]
+    kandinsky_tables, kandinsky_steps = FAMILIES["kandinsky"]
+    assert invertible(kandinsky_steps(25), kandinsky_tables) == kandinsky_steps(25)
+    with pytest.raises(SchedulerError, match="no invertible start"):
+        invertible([999, 998, 0], tables)
+    with pytest.raises(SchedulerError, match="refine must be 0 or more"):
+        invert(toy_model(0)[0], torch.zeros(SHAPE), [5, 0], tables, DDIMConfig(), refine=-1)
+
+
+def test_clean_x0_takes_the_first_step_from_the_sample_itself() -> None:
+    """With `clean_x0` the first step is √ᾱ_next x0, without calling the model; the rest is the plain inversion."""
+    tables, timesteps = FAMILIES["unclip"]
+    steps = timesteps(7)
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(8)).clamp(-1, 1)
+    model, calls = toy_model(seed=8)
+    ours = invert(model, x0, steps, tables, DDIMConfig("sample"), clean_at=0, clean_x0=True)
+    assert [t for t, _ in calls] == steps[-3::-1]  # no call for the steps 0 (skipped) and 0 -> steps[-2]
+    model, _ = toy_model(seed=8)
+    x = tables.alpha_bar(steps[-2]) ** 0.5 * x0
+    for i in reversed(range(len(steps) - 2)):
+        x = invert_step(model(x, steps[i], i), steps[i + 1], steps[i], x, tables, DDIMConfig("sample"))
+    assert torch.equal(ours, x)
