@@ -252,6 +252,21 @@ def preprocess(images: list[Image.Image], cfg: PreprocessConfig) -> torch.Tensor
     return x
 
 
+def fit(images: list[Image.Image], width: int, height: int) -> torch.Tensor:
+    """Pictures as a model makes them, to be inverted: each centre-cropped to the aspect ratio width : height (the
+    largest such box, offsets rounded down), resized to width x height with Pillow's bicubic filter (which
+    antialiases when it shrinks) and mapped from [0, 255] to [-1, 1]: float32 [B, 3, height, width] on the CPU."""
+    batch = []
+    for image in images:
+        image = to_rgb(image)
+        crop_w, crop_h = min(image.width, image.height * width // height), min(image.height,
+                                                                              image.width * height // width)
+        left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
+        box = (left, top, left + crop_w, top + crop_h)
+        batch.append(_pixels(image.resize((width, height), Image.Resampling.BICUBIC, box=box)))
+    return torch.stack(batch).float() / 127.5 - 1
+
+
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     """Generated images [B, 3, H, W] in [-1, 1] -> float32 [B, 3, H, W] in [0, 1] on the CPU, computed as the diffusers
     unCLIP pipelines do (x * 0.5 + 0.5 and the clamp in the images' own dtype, then float32)."""

@@ -1,10 +1,11 @@
 """Sampling settings, declared once per model family.
 
 A family's settings are a frozen dataclass deriving from `Settings`, whose fields are made by the helpers below
-(`steps`, `guidance`, `pixels`, `text`). Each helper records what kind of value the field holds, which stage of the
-pipeline reads it, and one line of help. Everything that reads or writes settings works from that declaration: the
-CLI's options (`--prior-steps` for `prior_steps`), prompt-file keys, the defaults in the registry and in model folders,
-and the record stored with every image. No torch here, so parsing settings costs nothing at start-up.
+(`steps`, `guidance`, `candidates`, `eta`, `pixels`, `text`). Each helper records what kind of value the field
+holds, which stage of the pipeline reads it, and one line of help. Everything that reads or writes settings works from
+that declaration: the CLI's options (`--prior-steps` for `prior_steps`), prompt-file keys, the defaults in the
+registry and in model folders, and the record stored with every image. No torch here, so parsing settings costs
+nothing at start-up.
 """
 
 import dataclasses
@@ -18,11 +19,13 @@ S = TypeVar("S", bound="Settings")
 _KNOB = "dalle.knob"
 MAX_STEPS = 1000
 MAX_TEXT = 2000
+MAX_CANDIDATES = 16
 
 
 @dataclass(frozen=True)
 class Knob:
-    """What a settings field is: `kind` ("steps", "guidance", "pixels" or "text"), the pipeline `stage` that reads it
+    """What a settings field is: `kind` ("steps", "guidance", "count", "eta", "pixels" or "text"), the pipeline
+    `stage` that reads it
     (None: every operation reads it), one line of `help`, and for "pixels" the allowed range and the multiple."""
 
     kind: str
@@ -54,14 +57,28 @@ def text(default: str, help: str, stage: str | None = None) -> Any:
     return dataclasses.field(default=default, metadata={_KNOB: Knob("text", help, stage)})
 
 
+def candidates(default: int, stage: str,
+               help: str = "Image embeddings the prior samples per image, keeping the one closest to the prompt "
+                           "(paper §2.2).") -> Any:
+    """How many samples `stage` draws to keep the best of: an integer from 1 to 16 (1 draws one, as the reference)."""
+    return dataclasses.field(default=default, metadata={_KNOB: Knob("count", help, stage)})
+
+
+def eta(stage: str, help: str = "Invert the picture and decode it by DDIM at this eta (0 gives it back); "
+                                "without it, a variation starts from fresh noise.") -> Any:
+    """DDIM's η (Song et al. 2021, eq. 16) for `stage`: a number in [0, 1], or None (the default) where the
+    operation then does what it does without DDIM."""
+    return dataclasses.field(default=None, metadata={_KNOB: Knob("eta", help, stage)})
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_value(name: str, knob: Knob, value: Any, where: str, error: type[DalleError] = UsageError) -> Any:
     """`value` as the field `name` holds it (guidance scales become floats). Raises `error`, its message starting
-    with `where`, for a value outside the field's kind: steps 2..1000; guidance finite and at least 1; pixels in range
-    and on the multiple; text a string of at most 2,000 characters."""
+    with `where`, for a value outside the field's kind: steps 2..1000; guidance finite and at least 1; counts 1..16;
+    η in [0, 1] or None; pixels in range and on the multiple; text a string of at most 2,000 characters."""
     if knob.kind == "steps":
         if not (_is_int(value) and 2 <= value <= MAX_STEPS):
             raise error(f"{where}: {name} must be an integer from 2 to {MAX_STEPS}, got {value!r}")
@@ -72,6 +89,15 @@ def check_value(name: str, knob: Knob, value: Any, where: str, error: type[Dalle
         if not math.isfinite(value):
             raise error(f"{where}: {name} must be a finite number, got {value!r}")
         return float(value)
+    if knob.kind == "count":
+        if not (_is_int(value) and 1 <= value <= MAX_CANDIDATES):
+            raise error(f"{where}: {name} must be an integer from 1 to {MAX_CANDIDATES}, got {value!r}")
+        return value
+    if knob.kind == "eta":
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                      and 0 <= value <= 1):
+            raise error(f"{where}: {name} must be a number from 0 to 1, got {value!r}")
+        return None if value is None else float(value)
     if knob.kind == "pixels":
         if not (_is_int(value) and knob.low <= value <= knob.high and value % knob.multiple == 0):
             raise error(f"{where}: {name} must be a multiple of {knob.multiple} from {knob.low} to {knob.high}, "
@@ -101,6 +127,7 @@ class Settings:
         return dataclasses.replace(self, **checked)  # type: ignore[type-var]
 
     def used(self, stages: tuple[str, ...]) -> dict[str, Any]:
-        """The values an operation running `stages` reads, by name, in declaration order: what its record holds."""
+        """The values an operation running `stages` reads, by name, in declaration order: what its record holds.
+        A setting left at None (no η) is left out, so records stay as they were before it existed."""
         return {name: getattr(self, name) for name, knob in self.knobs().items()
-                if knob.stage is None or knob.stage in stages}
+                if (knob.stage is None or knob.stage in stages) and getattr(self, name) is not None}

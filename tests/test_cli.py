@@ -70,7 +70,7 @@ def test_gen_writes_named_pngs_json_records_and_a_grid(batch_run) -> None:  # no
         assert record["seed"] == 40 + k % 5 and record["index"] == k
         assert record["model"] == "tiny-karlo" and record["dalle"] == __version__
         assert record["settings"] == {"prior_steps": 2, "decoder_steps": 2, "sr_steps": 2, "prior_guidance": 4.0,
-                                      "decoder_guidance": 8.0}
+                                      "decoder_guidance": 8.0, "prior_candidates": 1}
         assert record["seconds"] > 0
         assert read_record(Path(record["path"])) == record  # the PNG carries the same record
         with Image.open(record["path"]) as image:

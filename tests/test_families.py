@@ -46,7 +46,8 @@ def test_a_shipped_folder_samples_as_its_registry_alias(tmp_path: Path) -> None:
     assert first.name == second.name
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
     assert read_record(first)["settings"] == read_record(second)["settings"] == {
-        "prior_steps": 15, "decoder_steps": 15, "sr_steps": 7, "prior_guidance": 2.0, "decoder_guidance": 2.0}
+        "prior_steps": 15, "decoder_steps": 15, "sr_steps": 7, "prior_guidance": 2.0, "decoder_guidance": 2.0,
+        "prior_candidates": 1}
 
 
 def test_a_folder_carries_its_family_and_defaults_in_dalle_json(tiny_karlo: Path, tmp_path: Path) -> None:

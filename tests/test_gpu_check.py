@@ -84,7 +84,7 @@ def test_reference_row_and_agreement(report) -> None:
     assert f["max_abs_delta_low_vram_vs_normal"] == 0.0  # the same computation on the same device
     assert f["max_abs_delta_bf16_vs_fp16"] is None
     assert f["settings"] == {"prior_steps": 3, "decoder_steps": 3, "sr_steps": 2, "prior_guidance": 4.0,
-                             "decoder_guidance": 8.0}
+                             "decoder_guidance": 8.0, "prior_candidates": 1}
 
 
 def test_flops_and_weights(report) -> None:
@@ -155,7 +155,7 @@ def test_kandinsky_reference_row_and_agreement(report) -> None:
     f = section["figures"]
     assert f["image_shape"] == [2, 64, 64, 3]
     assert f["settings"] == {"prior_steps": 3, "decoder_steps": 3, "prior_guidance": 4.0, "decoder_guidance": 4.0,
-                             "width": 64, "height": 64, "negative_prompt": ""}
+                             "width": 64, "height": 64, "negative_prompt": "", "prior_candidates": 1}
     assert f["informative_fraction_diffusers"] > 0.9 and f["informative_fraction_dalle"] > 0.9
     assert f["nonfinite_pixels"] == {"dalle": 0, "diffusers": 0}
     assert f["max_abs_delta_vs_diffusers"] <= FP32_TOLERANCE

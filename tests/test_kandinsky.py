@@ -159,7 +159,8 @@ def test_the_cli_end_to_end(tiny_kandinsky: tuple[Path, Path], tmp_path: Path,
     records = [json.loads(line) for line in made.stdout.splitlines()]
     assert [r["seed"] for r in records] == [3, 3]
     assert records[0]["settings"] == {"prior_steps": 2, "decoder_steps": 3, "prior_guidance": 4.0,
-                                      "decoder_guidance": 4.0, "width": 64, "height": 64, "negative_prompt": ""}
+                                      "decoder_guidance": 4.0, "width": 64, "height": 64, "negative_prompt": "",
+                                      "prior_candidates": 1}
     assert records[0]["prior"] == str(prior.resolve()) or records[0]["prior"] == str(prior)
     with Image.open(records[0]["path"]) as image:
         assert image.size == (64, 64)

@@ -17,7 +17,7 @@ from ..families import FAMILIES, Family
 from .limits import MAX_COUNT, MAX_SEED
 from .naming import DEFAULT_TEMPLATE
 
-TYPES = {"steps": int, "guidance": float, "pixels": int, "text": str}
+TYPES = {"steps": int, "guidance": float, "count": int, "eta": float, "pixels": int, "text": str}
 
 
 class Device(str, Enum):
@@ -118,17 +118,20 @@ class Common:
     parts: dict[str, str] = field(default_factory=dict)
 
 
-def image_command(operation: str, families: Iterable[Family] = FAMILIES.values()) -> Callable[[Callable], Callable]:
+def image_command(operation: str, families: Iterable[Family] = FAMILIES.values(),
+                  omit: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
     """Turn `body(own parameters..., common, settings)` into a typer command for `operation`: typer sees the body's
     own parameters, the shared options, one option per companion part (`--prior`) and one per setting the operation
     reads in some family; the body gets `common` (a `Common`, whose `parts` are the companion options given) and
-    `settings`, a dict of the setting options given (those left at None are left out)."""
+    `settings`, a dict of the setting options given (those left at None are left out). The shared options named in
+    `omit` are left out, at their defaults, for a command they mean nothing to."""
     def wrap(body: Callable[..., Any]) -> Callable[..., Any]:
         own = [p for p in inspect.signature(body).parameters.values() if p.name not in ("common", "settings")]
         having = list(families)
         parts, extra = part_parameters(having), setting_parameters(operation, having)
         shared = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default,
-                                    annotation=f.type) for f in dataclasses.fields(Common) if f.name != "parts"]
+                                    annotation=f.type) for f in dataclasses.fields(Common)
+                  if f.name != "parts" and f.name not in omit]
         at = next(k + 1 for k, p in enumerate(shared) if p.name == "seed")
         parameters = [*own, *shared[:at], *parts, *extra, *shared[at:]]
 

@@ -10,17 +10,23 @@ from PIL import Image
 
 from ..api import ModelInfo, ProgressCallback
 from ..errors import OutOfMemoryError, UsageError
+from ..diffusion.slerp import slerp
 from ..images import to_pil
 from ..settings import Settings
 from ..sources import ModelSource
+from .latent import Latent, diff_target, frame_thetas, stack
 from .offload import Residency
+
+
+DIFF_AMOUNT = 0.5  # a text diff's default θ, chosen on shapes (benchmarks/shapes_manipulations.py)
 
 
 class Model:
     """A loaded model: `parts` (the family's components, a tokenizer among them), its default settings, the device and
     dtype it runs in. `source`, when given, is where its parts come from, so a part needed later (an image encoder)
     can be fetched (announced through `on_notice`); `info` is then read from it, else `info` is given. A family's
-    model subclasses this with its stages and its `generate_tensors` and `vary_tensors`."""
+    model subclasses this with its stages and the methods under "What each family implements"; the operations
+    (generate, vary, interpolate, text_diff) are composed here from those."""
 
     def __init__(self, parts: Any, info: ModelInfo | None, defaults: Settings, device: torch.device,
                  dtype: torch.dtype, low_vram: bool = False, source: ModelSource | None = None,
@@ -79,16 +85,161 @@ class Model:
         return to_pil(self.generate_tensors(prompts, seeds, settings, progress=progress))
 
     def vary(self, images: Sequence[Image.Image], seeds: Sequence[int], settings: Settings | None = None, *,
-             progress: ProgressCallback | None = None) -> list[Image.Image]:
-        """One variation for each (image, seed) pair."""
-        return to_pil(self.vary_tensors(images, seeds, settings, progress=progress))
+             eta: float | None = None, progress: ProgressCallback | None = None) -> list[Image.Image]:
+        """One variation for each (image, seed) pair: without η (`eta` here, else `settings.eta`) the decoder
+        starts from fresh noise (Karlo's image variations); with η the picture's latent is inverted and decoded by
+        DDIM at η (paper §3.1), which at η = 0 gives the picture back."""
+        return to_pil(self.vary_tensors(images, seeds, settings, eta=eta, progress=progress))
+
+    def vary_tensors(self, images: Sequence[Image.Image], seeds: Sequence[int], settings: Settings | None = None,
+                     *, eta: float | None = None, progress: ProgressCallback | None = None) -> torch.Tensor:
+        """As `vary`, the images as one float tensor [B, 3, H, W] in [-1, 1] on the model's device."""
+        s = self._settings(settings, eta=eta)
+        if s.eta is None:  # type: ignore[attr-defined]
+            return self.noise_variation(images, seeds, s, progress=progress)
+        self._pair(list(images), list(seeds))
+        latent = self.invert(images, s, progress=progress)
+        return self.render(latent.embeds, latent.noises, seeds, s, eta=s.eta, progress=progress)  # type: ignore
+
+    def interpolate(self, inputs: Sequence[Image.Image | str | Latent], frames: int, seed: int,
+                    settings: Settings | None = None, *, noise: str = "fixed", only: Sequence[int] | None = None,
+                    progress: ProgressCallback | None = None) -> list[Image.Image]:
+        """The frames of a path through the inputs' embeddings (paper §3.2): pictures (or their latents from
+        `invert`) and prompts, whose embedding the prior samples with `seed`. Each segment between two inputs has
+        `frames` frames at θ = k / (frames - 1), the embedding slerp(z_a, z_b, θ) (`diffusion.slerp`); a frame
+        shared by two segments is made once, so a path of n inputs has (n - 1)(frames - 1) + 1 frames. They are
+        decoded by DDIM at η = 0 from one x_T drawn from `seed` (noise "fixed", as the paper's Figure 4) or from
+        slerp(x_T a, x_T b, θ) of the pictures' inversions (noise "inverted", pictures only: its end frames give
+        the pictures back). `only` picks frames by their index (default: all)."""
+        return to_pil(self.interpolate_tensors(inputs, frames, seed, settings, noise=noise, only=only,
+                                               progress=progress))
+
+    def interpolate_tensors(self, inputs: Sequence[Image.Image | str | Latent], frames: int, seed: int,
+                            settings: Settings | None = None, *, noise: str = "fixed",
+                            only: Sequence[int] | None = None,
+                            progress: ProgressCallback | None = None) -> torch.Tensor:
+        """As `interpolate`, the frames as one float tensor [F, 3, H, W] in [-1, 1] on the model's device."""
+        s = self._settings(settings)
+        path = path_frames(len(inputs), frames)
+        which = list(range(len(path))) if only is None else list(only)
+        if noise not in ("fixed", "inverted"):
+            raise UsageError(f"noise must be fixed or inverted, got {noise!r}")
+        if noise == "inverted" and any(isinstance(x, str) for x in inputs):
+            raise UsageError("inverted noise needs pictures at both ends of every segment: a prompt has no "
+                             "inversion (use fixed noise)")
+        if any(not 0 <= k < len(path) for k in which) or not which:
+            raise UsageError(f"frames are numbered 0 to {len(path) - 1}, got {which}")
+        latents = self.path_latents(inputs, seed, s, noise=noise, progress=progress)
+        blends = [latents[segment].blend(latents[segment + 1], theta) for segment, theta in
+                  (path[k] for k in which)]
+        batch = stack(blends) if noise == "inverted" else stack([Latent(b.embeds) for b in blends])
+        return self.render(batch.embeds, batch.noises or None, [seed] * len(which), s, progress=progress)
+
+    def text_diff(self, images: Sequence[Image.Image | Latent], to: str, *, baseline: str = "",
+                  amounts: Sequence[float] = (DIFF_AMOUNT,), settings: Settings | None = None,
+                  progress: ProgressCallback | None = None) -> list[Image.Image]:
+        """Each picture moved towards the caption `to` (paper §3.3): z_d = norm(z_t - z_t0) of the CLIP text
+        embeddings of `to` and of `baseline` (the caption of what the picture shows, or "" for none), decoded as
+        slerp(z_i, z_d, θ) by DDIM at η = 0 from the picture's own inverted noise, once per θ in `amounts` (each in
+        [0, 1]; θ = 0 gives the picture back). Returns len(images) x len(amounts) images, picture by picture."""
+        return to_pil(self.text_diff_tensors(images, to, baseline=baseline, amounts=amounts, settings=settings,
+                                             progress=progress))
+
+    def text_diff_tensors(self, images: Sequence[Image.Image | Latent], to: str, *, baseline: str = "",
+                          amounts: Sequence[float] = (DIFF_AMOUNT,), settings: Settings | None = None,
+                          progress: ProgressCallback | None = None) -> torch.Tensor:
+        """As `text_diff`, the images as one float tensor [B x len(amounts), 3, H, W] in [-1, 1]."""
+        s = self._settings(settings)
+        for theta in amounts:
+            check_amount(theta)
+        if not amounts or not images:
+            raise UsageError("nothing to make: a text diff needs a picture and at least one amount")
+        self.prepare("text_diff")
+        latents = [x if isinstance(x, Latent) else self.invert([x], s, progress=progress) for x in images]
+        captions = self.text_embeddings([to, baseline])  # [2, D]
+        frames = []
+        for latent in latents:
+            target = diff_target(latent.embeds, captions[:1], captions[1:])
+            frames += [Latent(slerp(latent.embeds, target, theta), latent.noises) for theta in amounts]
+        batch = stack(frames)
+        return self.render(batch.embeds, batch.noises, [0] * len(batch), s, progress=progress)
+
+    def path_latents(self, inputs: Sequence[Image.Image | str | Latent], seed: int, settings: Settings | None = None,
+                     *, noise: str = "fixed", progress: ProgressCallback | None = None) -> list[Latent]:
+        """The latents `interpolate` blends, one row each, to pass to it again for more frames of the same path:
+        a latent as given, a picture inverted (noise "inverted") or encoded, a prompt sampled by the prior."""
+        s = self._settings(settings)
+        self.prepare("interpolate")
+        return [self._latent_of(x, seed, s, noise == "inverted", progress) for x in inputs]
+
+    def _latent_of(self, item: Image.Image | str | Latent, seed: int, settings: Settings, inverted: bool,
+                   progress: ProgressCallback | None) -> Latent:
+        if isinstance(item, Latent):
+            if inverted and not item.noises:
+                raise UsageError("inverted noise needs latents with their inverted noises")
+            return item
+        if isinstance(item, str):
+            return Latent(self.prompt_embeddings([item], [seed], settings, progress=progress))
+        if inverted:
+            return self.invert([item], settings, progress=progress)
+        return Latent(self.encode_image([item]))
+
+    def _settings(self, settings: Settings | None, **overrides: Any) -> Settings:
+        """`settings` (else the model's defaults) with the overrides that are not None."""
+        s = settings or self.defaults
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return s.updated(given, "settings") if given else s
+
+    # What each family implements.
 
     def generate_tensors(self, prompts: Sequence[str], seeds: Sequence[int], settings: Settings | None = None, *,
                          progress: ProgressCallback | None = None) -> torch.Tensor:
         """As `generate`, the images as one float tensor [B, 3, H, W] in [-1, 1] on the model's device."""
         raise NotImplementedError
 
-    def vary_tensors(self, images: Sequence[Image.Image], seeds: Sequence[int], settings: Settings | None = None, *,
-                     progress: ProgressCallback | None = None) -> torch.Tensor:
-        """As `vary`, the images as one float tensor [B, 3, H, W] in [-1, 1] on the model's device."""
+    def noise_variation(self, images: Sequence[Image.Image], seeds: Sequence[int], settings: Settings, *,
+                        progress: ProgressCallback | None = None) -> torch.Tensor:
+        """Variations decoded from fresh noise, [B, 3, H, W] in [-1, 1] (`vary` without η)."""
         raise NotImplementedError
+
+    def encode_image(self, images: list[Image.Image]) -> torch.Tensor:
+        """The CLIP image embeddings z_i [B, D] of pictures."""
+        raise NotImplementedError
+
+    def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        """The CLIP text embeddings z_t [B, D] of prompts (in the space of `encode_image`)."""
+        raise NotImplementedError
+
+    def prompt_embeddings(self, prompts: list[str], seeds: list[int], settings: Settings, *,
+                          progress: ProgressCallback | None = None) -> torch.Tensor:
+        """Image embeddings [B, D] the prior samples for prompts, each from its seed as `generate` samples them."""
+        raise NotImplementedError
+
+    def invert(self, images: Sequence[Image.Image], settings: Settings | None = None, *,
+               progress: ProgressCallback | None = None) -> Latent:
+        """The pictures' latents: their embeddings and their noises found by DDIM inversion (paper §3)."""
+        raise NotImplementedError
+
+    def render(self, embeds: torch.Tensor, noises: tuple[torch.Tensor, ...] | None, seeds: Sequence[int],
+               settings: Settings | None = None, *, eta: float = 0.0,
+               progress: ProgressCallback | None = None) -> torch.Tensor:
+        """Images [B, 3, H, W] in [-1, 1] decoded from embeddings [B, D] by DDIM at η, from `noises` or, when None,
+        from x_Ts drawn from the seeds' generators."""
+        raise NotImplementedError
+
+
+def check_amount(theta: Any) -> float:
+    """A text diff's θ, a number in [0, 1], else `UsageError`."""
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 <= theta <= 1:
+        raise UsageError(f"the amount must be a number from 0 to 1, got {theta!r}")
+    return float(theta)
+
+
+def path_frames(inputs: int, frames: int) -> list[tuple[int, float]]:
+    """The (segment, θ) of every frame of a path through `inputs` inputs with `frames` frames per segment, each
+    junction once: (inputs - 1)(frames - 1) + 1 frames."""
+    if inputs < 2:
+        raise UsageError(f"an interpolation needs at least two inputs, got {inputs}")
+    thetas = frame_thetas(frames)
+    path = [(segment, theta) for segment in range(inputs - 1) for theta in thetas[:-1]]
+    return [*path, (inputs - 2, 1.0)]

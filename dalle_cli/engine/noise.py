@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..diffusion import sampler, schedule
+from ..diffusion import ddim, sampler, schedule
 
 
 class ImageNoise:
@@ -54,3 +54,25 @@ def sample_stage(denoise: sampler.Denoiser, x: torch.Tensor, steps: list[int], n
 def unclip_loop(config: schedule.SchedulerConfig) -> Loop:
     """The unCLIP ancestral sampler on `config`'s schedule, for `sample_stage`."""
     return functools.partial(sampler.sample, schedule=schedule.noise_schedule(config), config=config)
+
+
+def ddim_stage(denoise: sampler.Denoiser, x: torch.Tensor, steps: list[int], noise: ImageNoise,
+               tables: schedule.NoiseSchedule, config: ddim.DDIMConfig, eta: float) -> torch.Tensor:
+    """Run one stage by DDIM at η (`ddim.sample`) from x_T = `x` over `steps`; at η > 0 the stage's step noises,
+    one per step but the last, are drawn from the images' generators before the loop starts."""
+    count = ddim.noises(steps, eta)
+    noises = noise.draw(tuple(x.shape[1:]), x.dtype, x.device, count) if count else None
+    return ddim.sample(denoise, x, steps, tables, config, eta, (lambda i: noises[i]) if noises is not None else None)
+
+
+INVERSION_REFINE = 4  # corrections per DDIM inversion step (`ddim.invert`), chosen on shapes (benchmarks/)
+
+
+def invert_stage(denoise: sampler.Denoiser, x0: torch.Tensor, steps: list[int], tables: schedule.NoiseSchedule,
+                 config: ddim.DDIMConfig, on_step: sampler.OnStep) -> torch.Tensor:
+    """DDIM inversion of one stage's clean sample x0 up `steps` (those `ddim_stage` samples down), refined
+    `INVERSION_REFINE` times per step. A model that predicts x_0 has no noise at ᾱ = 1: its inversion starts at
+    t = 0 and takes its first step from the sample itself (`ddim.invert`'s `clean_x0`)."""
+    x0_model = config.prediction_type == "sample"
+    return ddim.invert(denoise, x0, steps, tables, config, on_step, clean_at=0 if x0_model else -1,
+                       refine=INVERSION_REFINE, clean_x0=x0_model)

@@ -19,6 +19,11 @@ class TextConditioning:
     mask: torch.Tensor
     guided: bool
 
+    @property
+    def prompt_embeds(self) -> torch.Tensor:
+        """The prompts' own text embeddings [B, D], without the unconditional rows."""
+        return self.embeds[self.embeds.shape[0] // 2:] if self.guided else self.embeds
+
 
 def encode_text(tokenizer: Tokenizer, encoder: CLIPTextEncoder, prompts: list[str], unconditional: str | None,
                 device: torch.device) -> TextConditioning:

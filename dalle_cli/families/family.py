@@ -40,14 +40,28 @@ class Family:
         return stage is None or stage in self.operations[operation]
 
     def events(self, operation: str, settings: Settings) -> int:
-        """How many progress events one call of `operation` reports: a stage's step count, or one event for a stage
-        without a step setting (encoding an image, say)."""
+        """How many progress events one call of `operation` reports: a stage's step count (times its candidate
+        count, for a prior that samples several), or one event for a stage without a step setting (encoding an
+        image, say). The "invert" stage walks the steps of the stages after it backwards, and runs only when one of
+        its settings (DDIM's η) is given."""
         knobs = self.settings.knobs()
-        total = 0
-        for stage in self.operations[operation]:
+        stages = self.operations[operation]
+
+        def steps(stage: str) -> int:
             counts = [getattr(settings, name) for name, knob in knobs.items() if knob.kind == "steps"
                       and knob.stage == stage]
-            total += sum(counts) if counts else 1
+            times = [getattr(settings, name) for name, knob in knobs.items() if knob.kind == "count"
+                     and knob.stage == stage]
+            return sum(counts) * (times[0] if times else 1) if counts else 1
+
+        total = 0
+        for k, stage in enumerate(stages):
+            if stage == "invert":
+                given = any(getattr(settings, name) is not None for name, knob in knobs.items()
+                            if knob.stage == stage)
+                total += sum(steps(later) for later in stages[k + 1:]) if given else 0
+            else:
+                total += steps(stage)
         return total
 
     def load(self, *args: Any, **kwargs: Any) -> Any:

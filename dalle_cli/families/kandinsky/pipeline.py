@@ -25,14 +25,16 @@ from PIL import Image
 
 from ...api import Progress, ProgressCallback
 from ...devices import resolve_device, resolve_dtype
-from ...diffusion import ddpm, sampler, schedule
+from ...diffusion import ddim, ddpm, sampler, schedule
+from ...diffusion.sampler import Denoiser
 from ...diffusion.guidance import guided
 from ...engine.cache import cached_tensor
-from ...engine.noise import ImageNoise, sample_stage
+from ...engine.latent import Latent, best_index
+from ...engine.noise import ImageNoise, ddim_stage, invert_stage, sample_stage
 from ...engine.model import Model
 from ...engine.text import TextConditioning, encode_text
 from ...errors import UsageError
-from ...images import preprocess
+from ...images import fit, preprocess
 from ...registry import load_registry
 from ...sources import ModelSource
 from . import FAMILY
@@ -51,10 +53,11 @@ class Kandinsky(Model):
     family = FAMILY
 
     def prepare(self, operation: str) -> None:
-        """Make sure `operation` ("generate" or "vary") can run: variations load the image encoder now."""
+        """Make sure `operation` (one of the family's operations) can run: all but "generate" load the image encoder
+        now."""
         if operation not in FAMILY.operations:
             raise UsageError(f"{self.info.name} cannot {operation} (it can {', '.join(FAMILY.operations)})")
-        if operation == "vary":
+        if operation != "generate":
             self._image_encoder()
 
     def _image_encoder(self) -> torch.nn.Module:
@@ -78,10 +81,9 @@ class Kandinsky(Model):
             embeds, negative = self.prior(list(prompts), noise, s, progress=progress)
             return self.decode(embeds, negative, noise, s, progress=progress)
 
-    def vary_tensors(self, images: Sequence[Image.Image], seeds: Sequence[int],
-                     settings: KandinskySettings | None = None, *,
-                     progress: ProgressCallback | None = None) -> torch.Tensor:
-        """As `vary`, but returns the images as one float tensor [B, 3, H, W] in [-1, 1] on the model's device."""
+    def noise_variation(self, images: Sequence[Image.Image], seeds: Sequence[int], settings: KandinskySettings, *,
+                        progress: ProgressCallback | None = None) -> torch.Tensor:
+        """Each picture's embedding decoded from fresh noise against the zero embedding, [B, 3, H, W] in [-1, 1]."""
         s = self._check(list(images), list(seeds), settings)
         report, n = progress or _silent, len(images)
         with self._running():
@@ -89,6 +91,57 @@ class Kandinsky(Model):
             embeds = self.encode_image(list(images))
             negative = self.zero_embed().expand(n, -1)
             return self.decode(embeds, negative, ImageNoise(seeds), s, progress=progress)
+
+    def prompt_embeddings(self, prompts: list[str], seeds: list[int], settings: KandinskySettings, *,
+                          progress: ProgressCallback | None = None) -> torch.Tensor:
+        """The prior's image embeddings [B, D] of prompts, each drawn from its seed as `generate` draws it."""
+        s = self._check(list(prompts), list(seeds), settings)
+        return self.prior(list(prompts), ImageNoise(seeds), s, progress=progress)[0]
+
+    def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        """The bigG text embeddings z_t [B, D] of prompts."""
+        return self.encode_text(prompts, None).embeds
+
+    def invert(self, images: Sequence[Image.Image], settings: KandinskySettings | None = None, *,
+               progress: ProgressCallback | None = None) -> Latent:
+        """The bipartite latent of each picture (paper §3): its bigG image embedding z_i and the decoder's x_T, the
+        DDIM inversion (η = 0) of MoVQ's encoding of the picture, conditioned on z_i and guided against the zero
+        embedding as variations are. The picture is centre-cropped to the settings' aspect ratio and resized to
+        width x height. Noises: (x_T [B, 4, height / 8, width / 8],)."""
+        s = self._check(list(images), [0] * len(images), settings)
+        self.prepare("vary")
+        report, n = progress or _silent, len(images)
+        unet, config = self.parts.unet, self.parts.scheduler
+        with self._running():
+            report(Progress("encode", 1, 1, 0, n, n))
+            embeds = self.encode_image(list(images))
+            pixels = fit(list(images), s.width, s.height).to(self.device, self.dtype)  # [B, 3, H, W]
+            self.residency.hold(self.parts.movq)
+            latents = torch.cat([self.parts.movq.encode(p[None]) for p in pixels])  # one at a time, as to_pixels
+            steps = ddim.invertible(ddpm.timesteps(s.decoder_steps, config), ddpm.noise_schedule(config))
+            self.residency.hold(unet)
+            denoise = self._decoder_model(embeds, self.zero_embed().expand(n, -1), s)
+
+            def step_done(i: int, t: int, x: torch.Tensor) -> None:
+                report(Progress("invert", len(steps) - i, len(steps), 0, n, n))
+
+            x_T = invert_stage(denoise, latents, steps, ddpm.noise_schedule(config), ddim.config_for(config),
+                               step_done)
+        return Latent(embeds, (x_T,))
+
+    def render(self, embeds: torch.Tensor, noises: tuple[torch.Tensor, ...] | None, seeds: Sequence[int],
+               settings: KandinskySettings | None = None, *, eta: float = 0.0,
+               progress: ProgressCallback | None = None) -> torch.Tensor:
+        """Images [B, 3, H, W] decoded from image embeddings [B, D] by DDIM at η against the zero embedding, from
+        `noises` (x_T,) or, when None, from an x_T drawn from each image's generator; at η > 0 the step noises
+        come from the same generators after it."""
+        s = self._check(list(embeds), list(seeds), settings)
+        noise = ImageNoise(seeds)
+        with self._running():
+            negative = self.zero_embed().expand(len(seeds), -1)
+            x_T = noises[0] if noises is not None else None
+            return self.decode(embeds.to(self.device, self.dtype), negative, noise, s, x_T, eta=eta,
+                               progress=progress)
 
     def _check(self, inputs: list, seeds: list[int], settings: KandinskySettings | None) -> KandinskySettings:
         """The settings to use, after refusing a call that cannot run before any network does."""
@@ -143,7 +196,9 @@ class Kandinsky(Model):
     def prior(self, prompts: list[str], noise: ImageNoise, settings: KandinskySettings, *,
               progress: ProgressCallback | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Image embeddings [B, D] of `prompts` from the prior, and the negative image embeddings [B, D] the decoder
-        guides away from: the prior's embedding of the negative prompt, or the zero embedding without one."""
+        guides away from: the prior's embedding of the negative prompt, or the zero embedding without one. With
+        `settings.prior_candidates` K > 1 each image samples K times, one candidate after the other from its
+        generator, and keeps the one closest to its prompt (`engine.latent.best_index`; paper §2.2)."""
         prior, config = self.parts.prior, self.parts.prior_scheduler
         report, n = progress or _silent, len(prompts)
         negative = settings.negative_prompt or None
@@ -167,53 +222,79 @@ class Kandinsky(Model):
                              attention_mask=text.mask)
 
             run = guided(model, settings.prior_guidance) if guided_ else model
+            count, calls = settings.prior_candidates, [0]
 
             def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
                 out = run(x, t)
-                report(Progress("prior", i + 1, len(steps), 0, n, n))
+                calls[0] += 1
+                report(Progress("prior", calls[0], count * len(steps), 0, n, n))
                 return out
 
-            x = arranged(noise.start((rows, dim), text.embeds.dtype, self.device))
-            noisy = sum(sampler.needs_noise(t) for t in steps)
-            noises = noise.draw((rows, dim), x.dtype, self.device, noisy)  # [noisy, B, rows, D]
-            x = sampler.sample(denoise, x, steps, schedule.noise_schedule(config), config,
-                               lambda i: arranged(noises[i]))  # per-image (rows, D) draws: not `sample_stage`'s
-            embeds = prior.post_process_latents(x)  # [rows * B, D]
+            candidates = []
+            for _ in range(count):  # each candidate's start and step noises, then the next one's
+                x = arranged(noise.start((rows, dim), text.embeds.dtype, self.device))
+                noisy = sum(sampler.needs_noise(t) for t in steps)
+                noises = noise.draw((rows, dim), x.dtype, self.device, noisy)  # [noisy, B, rows, D]
+                x = sampler.sample(denoise, x, steps, schedule.noise_schedule(config), config,
+                                   lambda i: arranged(noises[i]))  # per-image (rows, D) draws: not `sample_stage`'s
+                candidates.append(prior.post_process_latents(x))  # [rows * B, D]
+            embeds = candidates[0]
+            if count > 1:  # the candidate closest to the prompt, with its own negative embedding
+                pick = best_index([c[:n] for c in candidates], text.prompt_embeds[:n])
+                embeds = torch.stack(candidates)[pick.repeat(rows), torch.arange(rows * n, device=pick.device)]
         if negative is not None:
             return embeds[:n], embeds[n:]
         return embeds, self.zero_embed().expand(n, -1)
 
     def decode_latents(self, image_embeds: torch.Tensor, negative_embeds: torch.Tensor, noise: ImageNoise,
-                       settings: KandinskySettings, x_T: torch.Tensor | None = None, *,
+                       settings: KandinskySettings, x_T: torch.Tensor | None = None, *, eta: float | None = None,
                        progress: ProgressCallback | None = None) -> torch.Tensor:
         """MoVQ latents [B, 4, H/8, W/8] from image embeddings [B, D] by the decoder UNet, guided away from
         `negative_embeds` [B, D] at `settings.decoder_guidance` (off at 1). Starts from `x_T` when given, else draws
-        it from `noise` (right after the prior's noise, as the reference does)."""
+        it from `noise` (right after the prior's noise, as the reference does). With `eta` the sampler is DDIM at
+        η (the decoding of an inverted latent, paper §3), else the reference's DDPM."""
         unet, config = self.parts.unet, self.parts.scheduler
         report, n = progress or _silent, len(noise)
         steps = ddpm.timesteps(settings.decoder_steps, config)
-        guided_ = settings.decoder_guidance > 1.0
-        channels = unet.config.in_channels
         with self._running():
             self.residency.hold(unet)
-            embeds = torch.cat([negative_embeds, image_embeds]) if guided_ else image_embeds
-
-            def model(x: torch.Tensor, t: int) -> torch.Tensor:
-                return unet(x, t, image_embeds=embeds)
-
-            run = guided(model, settings.decoder_guidance, learned_variance=True) if guided_ else model
+            model = self._decoder_model(image_embeds, negative_embeds, settings)
 
             def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
-                out = run(x, t)
+                out = model(x, t, i)
                 report(Progress("decoder", i + 1, len(steps), 0, n, n))
-                # A scheduler without learned variance reads only the ε half, as the reference drops the other.
-                return out if ddpm.learns_variance(config) else out[:, :channels]
+                return out
 
             scale = self.parts.movq.downscale
-            shape = (channels, settings.height // scale, settings.width // scale)
+            shape = (unet.config.in_channels, settings.height // scale, settings.width // scale)
             x = x_T if x_T is not None else noise.start(shape, self.dtype, self.device)
-            loop = functools.partial(ddpm.sample, tables=ddpm.noise_schedule(config), config=config)
+            tables = ddpm.noise_schedule(config)
+            if eta is not None:
+                return ddim_stage(denoise, x, ddim.invertible(steps, tables), noise, tables, ddim.config_for(config),
+                                  eta)
+            loop = functools.partial(ddpm.sample, tables=tables, config=config)
             return sample_stage(denoise, x, steps, noise, loop)
+
+    def _decoder_model(self, image_embeds: torch.Tensor, negative_embeds: torch.Tensor,
+                       settings: KandinskySettings) -> Denoiser:
+        """The decoder UNet as a denoiser (x_t, t, i), conditioned on image embeddings [B, D] and guided away from
+        `negative_embeds` [B, D] when `settings.decoder_guidance` > 1."""
+        unet, config = self.parts.unet, self.parts.scheduler
+        guided_ = settings.decoder_guidance > 1.0
+        channels = unet.config.in_channels
+        embeds = torch.cat([negative_embeds, image_embeds]) if guided_ else image_embeds
+
+        def model(x: torch.Tensor, t: int) -> torch.Tensor:
+            return unet(x, t, image_embeds=embeds)
+
+        run = guided(model, settings.decoder_guidance, learned_variance=True) if guided_ else model
+
+        def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
+            out = run(x, t)
+            # A scheduler without learned variance reads only the ε half, as the reference drops the other.
+            return out if ddpm.learns_variance(config) else out[:, :channels]
+
+        return denoise
 
     def to_pixels(self, latents: torch.Tensor) -> torch.Tensor:
         """MoVQ's decoder, without quantising (as the reference calls it): images [B, 3, H, W], about [-1, 1]. One
@@ -224,10 +305,10 @@ class Kandinsky(Model):
             return torch.cat([self.parts.movq.decode(x[None]) for x in latents])
 
     def decode(self, image_embeds: torch.Tensor, negative_embeds: torch.Tensor, noise: ImageNoise,
-               settings: KandinskySettings, x_T: torch.Tensor | None = None, *,
+               settings: KandinskySettings, x_T: torch.Tensor | None = None, *, eta: float | None = None,
                progress: ProgressCallback | None = None) -> torch.Tensor:
         """`decode_latents`, then `to_pixels`: images [B, 3, H, W] in about [-1, 1]."""
-        return self.to_pixels(self.decode_latents(image_embeds, negative_embeds, noise, settings, x_T,
+        return self.to_pixels(self.decode_latents(image_embeds, negative_embeds, noise, settings, x_T, eta=eta,
                                                   progress=progress))
 
 

@@ -3,12 +3,13 @@ prior 25 steps at guidance 4, decoder 100 steps at guidance 4, no negative promp
 
 from dataclasses import dataclass
 
-from ...settings import Settings, guidance, pixels, steps, text
+from ...settings import Settings, candidates, eta, guidance, pixels, steps, text
 
 
 @dataclass(frozen=True)
 class KandinskySettings(Settings):
-    """Steps and guidance of the prior and the latent decoder, the image size, and a negative prompt."""
+    """Steps and guidance of the prior and the latent decoder, the image size, a negative prompt, the prior's
+    candidates per image and the DDIM η of inverted variations."""
 
     prior_steps: int = steps(25, "prior", "Prior steps.")
     decoder_steps: int = steps(100, "decoder", "Decoder steps.")
@@ -17,3 +18,5 @@ class KandinskySettings(Settings):
     width: int = pixels(512, "Image width in pixels, a multiple of 64.", 64, 2048, 64)
     height: int = pixels(512, "Image height in pixels, a multiple of 64.", 64, 2048, 64)
     negative_prompt: str = text("", "What the images should not show (the prior's unconditional prompt).", "prior")
+    prior_candidates: int = candidates(1, "prior")
+    eta: float | None = eta("invert")

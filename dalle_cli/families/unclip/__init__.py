@@ -12,7 +12,9 @@ FAMILY = Family(
     title="unCLIP (Karlo)",
     class_names={"UnCLIPPipeline": "model", "UnCLIPImageVariationPipeline": "model"},
     settings=UnCLIPSettings,
-    operations={"generate": ("prior", "decoder", "super_res"), "vary": ("encode", "decoder", "super_res")},
+    operations={"generate": ("prior", "decoder", "super_res"), "vary": ("encode", "invert", "decoder", "super_res"),
+                "interpolate": ("prior", "encode", "decoder", "super_res"),
+                "text_diff": ("encode", "decoder", "super_res")},
     roles=("model", "image_encoder"),
     loader="dalle_cli.families.unclip.pipeline:load_model",
 )

@@ -24,13 +24,15 @@ from PIL import Image
 
 from ...api import Progress, ProgressCallback
 from ...devices import resolve_device, resolve_dtype
-from ...diffusion import schedule
+from ...diffusion import ddim, schedule
+from ...diffusion.sampler import Denoiser
 from ...diffusion.guidance import guided
-from ...engine.noise import ImageNoise, sample_stage, unclip_loop
+from ...engine.latent import Latent, best_of
+from ...engine.noise import ImageNoise, ddim_stage, invert_stage, sample_stage, unclip_loop
 from ...engine.model import Model
 from ...engine.text import TextConditioning, encode_text
 from ...errors import UsageError
-from ...images import preprocess
+from ...images import fit, preprocess
 from ...sources import ModelSource
 from . import FAMILY
 from .components import load_components, load_image_encoder
@@ -41,6 +43,21 @@ def _silent(event: Progress) -> None:
     """The progress callback when the caller gives none."""
 
 
+def _reporting(denoise: Denoiser, stage: str, steps: int, images: int, progress: ProgressCallback | None,
+               offset: int = 0) -> Denoiser:
+    """`denoise`, reporting one progress event of `stage` per call, numbered on from `offset` + 1 of `steps`."""
+    report = progress or _silent
+    calls = [offset]
+
+    def reported(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
+        out = denoise(x, t, i)
+        calls[0] += 1
+        report(Progress(stage, calls[0], steps, 0, images, images))
+        return out
+
+    return reported
+
+
 class UnCLIP(Model):
     """A loaded unCLIP model. Build it with `load_model` (or `dalle_cli.load`); call the operations `generate` and
     `vary`, or the stages, for batches of images."""
@@ -48,21 +65,24 @@ class UnCLIP(Model):
     family = FAMILY
 
     def prepare(self, operation: str) -> None:
-        """Make sure `operation` ("generate" or "vary") can run: fetch and load the parts it needs (the image encoder
-        for variations, downloaded on first use). Raises `UsageError` when this model cannot do it."""
+        """Make sure `operation` (one of the family's operations) can run: fetch and load the parts it needs (the
+        image encoder for variations, interpolations and text diffs, downloaded on first use). Raises `UsageError`
+        when this model cannot do it."""
+        if operation not in FAMILY.operations:
+            raise UsageError(f"{self.info.name} cannot {operation} (it can {', '.join(FAMILY.operations)})")
         if operation == "generate" and self.parts.prior is None:
             raise UsageError(f"{self.info.name} has no prior, so it makes variations only", hint="vary")
-        if operation == "vary":
-            self._image_encoder()
-        elif operation not in FAMILY.operations:
-            raise UsageError(f"{self.info.name} cannot {operation} (it can {', '.join(FAMILY.operations)})")
+        if operation != "generate":
+            self._image_encoder(operation)
 
-    def _image_encoder(self) -> None:
+    def _image_encoder(self, operation: str = "vary") -> None:
         with self._loading:
             if self.parts.image_encoder is not None:
                 return
             if self._source is None or not self._source.has("image_encoder"):
-                raise UsageError(f"{self.info.name} has no image encoder, so it cannot make variations")
+                doing = {"vary": "make variations", "interpolate": "interpolate pictures",
+                         "text_diff": "make text diffs"}[operation]
+                raise UsageError(f"{self.info.name} has no image encoder, so it cannot {doing}")
             folder = self._source.folder("image_encoder", self._on_notice)
             home = torch.device("cpu") if self.low_vram else self.device
             self.parts.image_encoder, self.parts.preprocess = load_image_encoder(folder, folder, self.dtype, home)
@@ -82,9 +102,10 @@ class UnCLIP(Model):
             small = self.decode(image_embeds, text, noise, s, progress=report)
             return self.upscale(small, noise, s, progress=report)
 
-    def vary_tensors(self, images: Sequence[Image.Image], seeds: Sequence[int], settings: UnCLIPSettings | None = None,
-                     *, progress: ProgressCallback | None = None) -> torch.Tensor:
-        """As `vary`, but returns the images as one float tensor [B, 3, H, W] in [-1, 1] on the model's device."""
+    def noise_variation(self, images: Sequence[Image.Image], seeds: Sequence[int], settings: UnCLIPSettings, *,
+                        progress: ProgressCallback | None = None) -> torch.Tensor:
+        """Karlo's image variations: each picture's embedding decoded from fresh noise with an empty prompt,
+        [B, 3, H, W] in [-1, 1] on the model's device."""
         s = self._check(list(images), list(seeds), settings, "vary")
         report = progress or _silent
         n = len(images)
@@ -95,6 +116,18 @@ class UnCLIP(Model):
             text = self.encode_text([""] * n, s.decoder_guidance > 1.0)
             small = self.decode(image_embeds, text, noise, s, progress=report)
             return self.upscale(small, noise, s, progress=report)
+
+    def prompt_embeddings(self, prompts: list[str], seeds: list[int], settings: UnCLIPSettings, *,
+                          progress: ProgressCallback | None = None) -> torch.Tensor:
+        """The prior's image embeddings [B, D] of prompts, each drawn from its seed as `generate` draws it."""
+        s = self._check(list(prompts), list(seeds), settings, "generate")
+        with self._running():
+            text = self.encode_text(list(prompts), s.prior_guidance > 1.0 or s.decoder_guidance > 1.0)
+            return self.prior(text, ImageNoise(seeds), s, progress=progress)
+
+    def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        """The CLIP text embeddings z_t [B, D] of prompts."""
+        return self.encode_text(prompts, False).embeds
 
     def _check(self, inputs: list, seeds: list[int], settings: UnCLIPSettings | None,
                operation: str) -> UnCLIPSettings:
@@ -132,12 +165,14 @@ class UnCLIP(Model):
     def prior(self, text: TextConditioning, noise: ImageNoise, settings: UnCLIPSettings, *,
               progress: ProgressCallback | None = None) -> torch.Tensor:
         """Sample CLIP image embeddings [B, D] from the prior (paper §2.2), guided as the reference does when
-        `text.guided` (at `settings.prior_guidance`, which may be 1)."""
+        `text.guided` (at `settings.prior_guidance`, which may be 1). With `settings.prior_candidates` K > 1 each
+        image samples K embeddings, one after the other from its generator, and keeps the closest to its prompt
+        (`engine.latent.best_of`); K = 1 is the reference's single sample."""
         prior, config = self.parts.prior, self.parts.prior_scheduler
         if prior is None or config is None:
             raise UsageError(f"{self.info.name} has no prior, so it makes variations only", hint="vary")
-        report, n = progress or _silent, len(noise)
         steps = schedule.timesteps(settings.prior_steps, config)
+        count = settings.prior_candidates
         with self._running():
             self.residency.hold(self.parts.text_encoder, prior)
 
@@ -146,67 +181,168 @@ class UnCLIP(Model):
                              attention_mask=text.mask)
 
             run = guided(model, settings.prior_guidance) if text.guided else model
-
-            def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
-                out = run(x, t)
-                report(Progress("prior", i + 1, len(steps), 0, n, n))
-                return out
-
-            x = noise.start((prior.config.embedding_dim,), text.embeds.dtype, self.device)
-            return prior.post_process_latents(sample_stage(denoise, x, steps, noise, unclip_loop(config)))
+            denoise = _reporting(lambda x, t, i: run(x, t), "prior", count * len(steps), len(noise), progress)
+            candidates = []
+            for _ in range(count):
+                x = noise.start((prior.config.embedding_dim,), text.embeds.dtype, self.device)
+                candidates.append(prior.post_process_latents(sample_stage(denoise, x, steps, noise,
+                                                                          unclip_loop(config))))
+            return best_of(candidates, text.prompt_embeds)
 
     def decode(self, image_embeds: torch.Tensor, text: TextConditioning, noise: ImageNoise, settings: UnCLIPSettings,
-               x_T: torch.Tensor | None = None, *, progress: ProgressCallback | None = None) -> torch.Tensor:
+               x_T: torch.Tensor | None = None, *, eta: float | None = None,
+               progress: ProgressCallback | None = None) -> torch.Tensor:
         """The decoder's 64 px images [B, 3, 64, 64] in [-1, 1] from image embeddings [B, D] and the text
         conditioning, guided when `text.guided`. Starts from `x_T` [B, 3, 64, 64] when given, else draws it from
-        `noise` (which the reference does right after the prior's noise)."""
+        `noise` (which the reference does right after the prior's noise). With `eta` the sampler is DDIM at η on
+        `ddim_steps` (the paper's decoding of an inverted latent, §3), else the reference's ancestral sampler."""
         parts = self.parts
-        report, n = progress or _silent, len(noise)
-        steps = schedule.timesteps(settings.decoder_steps, parts.decoder_scheduler)
-        learned_variance = parts.decoder_scheduler.variance_type == "learned_range"
+        config = parts.decoder_scheduler
         with self._running():
             self.residency.hold(parts.text_proj, parts.decoder)
-            context, time_embeds = parts.text_proj(image_embeds, text.embeds, text.hidden, text.guided)
-            context_mask = F.pad(text.mask, (parts.text_proj.config.clip_extra_context_tokens, 0), value=True)
-
-            def model(x: torch.Tensor, t: int) -> torch.Tensor:
-                return parts.decoder(x, t, encoder_hidden_states=context, class_labels=time_embeds,
-                                     attention_mask=context_mask)
-
-            run = guided(model, settings.decoder_guidance, learned_variance) if text.guided else model
-
-            def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
-                out = run(x, t)
-                report(Progress("decoder", i + 1, len(steps), 0, n, n))
-                return out
-
+            steps = self._steps(settings.decoder_steps, config, eta is not None)
+            denoise = _reporting(self._decoder_model(image_embeds, text, settings), "decoder", len(steps), len(noise),
+                                 progress)
             size = parts.decoder.config.sample_size
             x = x_T if x_T is not None else noise.start((parts.decoder.config.in_channels, size, size), self.dtype,
                                                          self.device)
-            return sample_stage(denoise, x, steps, noise, unclip_loop(parts.decoder_scheduler)).clamp(-1, 1)
+            if eta is not None:
+                return ddim_stage(denoise, x, steps, noise, self._tables(config), ddim.config_for(config),
+                                  eta).clamp(-1, 1)
+            return sample_stage(denoise, x, steps, noise, unclip_loop(config)).clamp(-1, 1)
 
-    def upscale(self, images: torch.Tensor, noise: ImageNoise, settings: UnCLIPSettings, *,
-                progress: ProgressCallback | None = None) -> torch.Tensor:
-        """Super-resolution of the decoder's images [B, 3, 64, 64] in [-1, 1] to [B, 3, 256, 256] in [-1, 1]."""
+    def _decoder_model(self, image_embeds: torch.Tensor, text: TextConditioning,
+                       settings: UnCLIPSettings) -> Denoiser:
+        """The decoder as a denoiser (x_t, t, i) -> output, conditioned on image embeddings [B, D] and the text,
+        guided when `text.guided`."""
         parts = self.parts
-        report, n = progress or _silent, len(noise)
-        steps = schedule.timesteps(settings.sr_steps, parts.super_res_scheduler)
+        learned_variance = parts.decoder_scheduler.variance_type == "learned_range"
+        context, time_embeds = parts.text_proj(image_embeds, text.embeds, text.hidden, text.guided)
+        context_mask = F.pad(text.mask, (parts.text_proj.config.clip_extra_context_tokens, 0), value=True)
+
+        def model(x: torch.Tensor, t: int) -> torch.Tensor:
+            return parts.decoder(x, t, encoder_hidden_states=context, class_labels=time_embeds,
+                                 attention_mask=context_mask)
+
+        run = guided(model, settings.decoder_guidance, learned_variance) if text.guided else model
+        return lambda x, t, i: run(x, t)
+
+    def upscale(self, images: torch.Tensor, noise: ImageNoise, settings: UnCLIPSettings,
+                x_T: torch.Tensor | None = None, *, eta: float | None = None,
+                progress: ProgressCallback | None = None) -> torch.Tensor:
+        """Super-resolution of the decoder's images [B, 3, 64, 64] in [-1, 1] to [B, 3, 256, 256] in [-1, 1], from
+        `x_T` when given, else from a draw; with `eta`, by DDIM at η (as `decode`)."""
+        parts = self.parts
+        config = parts.super_res_scheduler
         with self._running():
             self.residency.hold(parts.super_res_first)
+            steps = self._steps(settings.sr_steps, config, eta is not None)
+            denoise = _reporting(self._super_res_model(images, len(steps)), "super_res", len(steps), len(noise),
+                                 progress)
             size = parts.super_res_first.config.sample_size
-            x = noise.start((parts.super_res_first.config.in_channels // 2, size, size), self.dtype, self.device)
-            # Resampled in fp32: the CPU has no half-precision antialiased bicubic kernel, and it is more exact anyway.
-            upscaled = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False,
-                                     antialias=self.device.type != "mps").to(images.dtype)  # [B, 3, size, size]
+            x = x_T if x_T is not None else noise.start((parts.super_res_first.config.in_channels // 2, size, size),
+                                                         self.dtype, self.device)
+            if eta is not None:
+                return ddim_stage(denoise, x, steps, noise, self._tables(config), ddim.config_for(config), eta)
+            return sample_stage(denoise, x, steps, noise, unclip_loop(config))
 
-            def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
-                unet = parts.super_res_last if i == len(steps) - 1 else parts.super_res_first
-                self.residency.hold(unet)  # swaps in super_res_last for the last step in low-VRAM mode
-                out = unet(torch.cat([x, upscaled], dim=1), t)
-                report(Progress("super_res", i + 1, len(steps), 0, n, n))
-                return out
+    def _super_res_model(self, images: torch.Tensor, count: int) -> Denoiser:
+        """The super-resolution UNets as a denoiser (x_t, t, i) of `count` steps, conditioned on the decoder's images
+        [B, 3, 64, 64]: `super_res_first` every step but the last (i = count - 1), `super_res_last` the last."""
+        parts = self.parts
+        size = parts.super_res_first.config.sample_size
+        # Resampled in fp32: the CPU has no half-precision antialiased bicubic kernel, and it is more exact anyway.
+        upscaled = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False,
+                                 antialias=self.device.type != "mps").to(images.dtype)  # [B, 3, size, size]
 
-            return sample_stage(denoise, x, steps, noise, unclip_loop(parts.super_res_scheduler))
+        def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
+            unet = parts.super_res_last if i == count - 1 else parts.super_res_first
+            self.residency.hold(unet)  # swaps in super_res_last for the last step in low-VRAM mode
+            return unet(torch.cat([x, upscaled], dim=1), t)
+
+        return denoise
+
+    # The latent of a picture (paper §3): its embedding and its noises, DDIM-inverted through the stages.
+
+    def invert(self, images: Sequence[Image.Image], settings: UnCLIPSettings | None = None, *,
+               progress: ProgressCallback | None = None) -> Latent:
+        """The bipartite latent of each picture: its CLIP image embedding z_i and the x_T of each stage, found by
+        DDIM inversion (η = 0) conditioned on z_i and the empty prompt, as variations decode it.
+
+        The picture is centre-cropped to a square and resized to the model's output size (`output_size`) for the
+        super-resolution stage; the decoder inverts its antialiased bicubic downsample to 64 px. The
+        super-resolution x_T is the inversion of the full-size picture conditioned on that downsample, so that
+        decoding the latent at η = 0 reconstructs the picture at full size, not only at 64 px.
+        Noises: (decoder x_T [B, 3, 64, 64], super-resolution x_T [B, 3, 256, 256]).
+        """
+        s = settings or self.defaults
+        self._pair(list(images), [0] * len(images))
+        self.prepare("vary")
+        parts, n = self.parts, len(images)
+        with self._running():
+            report = progress or _silent
+            report(Progress("encode", 1, 1, 0, n, n))
+            embeds = self.encode_image(list(images))
+            full = fit(list(images), self.output_size, self.output_size).to(self.device, self.dtype)  # [B, 3, S, S]
+            size = parts.decoder.config.sample_size
+            small = F.interpolate(full.float(), size=(size, size), mode="bicubic", align_corners=False,
+                                  antialias=self.device.type != "mps").clamp(-1, 1).to(self.dtype)
+            text = self.encode_text([""] * n, s.decoder_guidance > 1.0)
+            decoder_steps = self._steps(s.decoder_steps, parts.decoder_scheduler, True)
+            sr_steps = self._steps(s.sr_steps, parts.super_res_scheduler, True)
+            total, done = len(decoder_steps) + len(sr_steps), [0]
+
+            def step_done(i: int, t: int, x: torch.Tensor) -> None:
+                done[0] += 1
+                report(Progress("invert", done[0], total, 0, n, n))
+
+            self.residency.hold(parts.text_proj, parts.decoder)
+            config = parts.decoder_scheduler
+            x_decoder = invert_stage(self._decoder_model(embeds, text, s), small, decoder_steps, self._tables(config),
+                                     ddim.config_for(config), step_done)
+            self.residency.hold(parts.super_res_first)
+            config = parts.super_res_scheduler
+            x_sr = invert_stage(self._super_res_model(small, len(sr_steps)), full, sr_steps, self._tables(config),
+                                ddim.config_for(config), step_done)
+        return Latent(embeds, (x_decoder, x_sr))
+
+    def render(self, embeds: torch.Tensor, noises: tuple[torch.Tensor, ...] | None, seeds: Sequence[int],
+               settings: UnCLIPSettings | None = None, *, eta: float = 0.0,
+               progress: ProgressCallback | None = None) -> torch.Tensor:
+        """Images [B, 3, 256, 256] in [-1, 1] decoded from image embeddings [B, D] by DDIM at η through both stages,
+        from `noises` (a latent's, or a blend of latents') or, when None, from x_Ts drawn from each image's
+        generator (the decoder's, then the super-resolution stage's). At η > 0 the step noises come from the
+        same generators after that: the decoder's steps, then the super-resolution steps."""
+        s = settings or self.defaults
+        self._pair(list(embeds), list(seeds))
+        noise = ImageNoise(seeds)
+        with self._running():
+            text = self.encode_text([""] * len(seeds), s.decoder_guidance > 1.0)
+            x_decoder, x_sr = noises if noises is not None else self._draw_noises(noise)
+            small = self.decode(embeds.to(self.device, self.dtype), text, noise, s, x_decoder, eta=eta,
+                                progress=progress)
+            return self.upscale(small, noise, s, x_sr, eta=eta, progress=progress)
+
+    def _draw_noises(self, noise: ImageNoise) -> tuple[torch.Tensor, torch.Tensor]:
+        """One x_T per stage from each image's generator: the decoder's, then the super-resolution stage's."""
+        decoder, sr = self.parts.decoder.config, self.parts.super_res_first.config
+        return (noise.start((decoder.in_channels, decoder.sample_size, decoder.sample_size), self.dtype, self.device),
+                noise.start((sr.in_channels // 2, sr.sample_size, sr.sample_size), self.dtype, self.device))
+
+    @property
+    def output_size(self) -> int:
+        """The side of the images this model makes (256 for Karlo)."""
+        return self.parts.super_res_first.config.sample_size
+
+    def _steps(self, count: int, config: schedule.SchedulerConfig, inverted: bool) -> list[int]:
+        """A stage's timesteps: the reference's spacing, with a singular top lowered (`ddim.invertible`) for DDIM."""
+        steps = schedule.timesteps(count, config)
+        return ddim.invertible(steps, self._tables(config)) if inverted else steps
+
+    @staticmethod
+    def _tables(config: schedule.SchedulerConfig) -> schedule.NoiseSchedule:
+        return schedule.noise_schedule(config)
+
 
 
 def load_model(source: ModelSource, *, device: str = "auto", dtype: str = "auto", low_vram: bool = False,

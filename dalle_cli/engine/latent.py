@@ -1,0 +1,83 @@
+"""The latent the paper's manipulations work on (Ramesh et al. 2022, §3), and the prior's reranking (§2.2).
+
+A picture is (z_i, x_T): its CLIP image embedding and the noise from which the decoder, run by DDIM at η = 0,
+paints it back, found by DDIM inversion. A family with several decoding stages keeps one x_T per stage (Karlo's
+decoder and super-resolution UNets). Every manipulation is a latent decoded by the family's `render`:
+- a variation decodes a picture's own latent at η > 0;
+- an interpolation decodes slerp(z_1, z_2, θ) from one fixed x_T, or from slerp(x_T1, x_T2, θ);
+- a text diff decodes slerp(z_i, z_d, θ) from the picture's own x_T, with z_d = norm(z_t - z_t0) (`diff_target`).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..diffusion.slerp import slerp, slerp_rows
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class Latent:
+    """A batch of B pictures as latents: `embeds` z_i [B, D], and `noises`, the x_T [B, ...] of each decoding stage
+    in the family's order (empty for an embedding without a picture, such as a prompt's)."""
+
+    embeds: Tensor
+    noises: tuple[Tensor, ...] = ()
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    def row(self, k: int) -> "Latent":
+        """Picture k alone: a batch of one."""
+        return Latent(self.embeds[k:k + 1], tuple(x[k:k + 1] for x in self.noises))
+
+    def blend(self, other: "Latent", theta: float) -> "Latent":
+        """slerp of both parts at θ (`diffusion.slerp`): the embeddings, and the noises when both have them."""
+        noises = tuple(slerp_rows(a, b, theta) for a, b in zip(self.noises, other.noises)) if (
+            self.noises and other.noises) else ()
+        return Latent(slerp(self.embeds, other.embeds, theta), noises)
+
+
+def stack(latents: list[Latent]) -> Latent:
+    """One batch of the latents' pictures, in order; they must all have noises, or none."""
+    if len({len(latent.noises) for latent in latents}) > 1:
+        raise UsageError("cannot batch latents with and without noises")
+    noises = tuple(torch.cat(parts) for parts in zip(*(latent.noises for latent in latents)))
+    return Latent(torch.cat([latent.embeds for latent in latents]), noises)
+
+
+def frame_thetas(frames: int) -> list[float]:
+    """The θ of each of `frames` frames from one end to the other, both ends included: k / (frames - 1)."""
+    if frames < 2:
+        raise UsageError(f"an interpolation needs at least 2 frames, got {frames}")
+    return [k / (frames - 1) for k in range(frames)]
+
+
+def diff_target(image_embeds: Tensor, to_embeds: Tensor, from_embeds: Tensor) -> Tensor:
+    """The text diff's target z_d = norm(z_t - z_t0) (paper §3.3) for each picture, [B, D]. It is given each
+    picture's own embedding length, so that slerp(z_i, z_d, θ) turns the embedding's direction towards the diff
+    and keeps its length, which the decoder was trained on (unit-length z_d would shrink it)."""
+    direction = to_embeds.float() - from_embeds.float()  # [B, D]
+    if bool((direction.norm(dim=-1) == 0).any()):
+        raise UsageError("the two captions of a text diff have the same embedding: there is no direction to move in")
+    length = image_embeds.float().norm(dim=-1, keepdim=True)
+    return (F.normalize(direction, dim=-1) * length).to(image_embeds.dtype)
+
+
+def best_index(candidates: list[Tensor], text_embeds: Tensor) -> Tensor:
+    """For each image, the index of the candidate image embedding [B, D] with the highest cosine similarity to its
+    prompt's text embedding [B, D] (paper §2.2 keeps the higher dot product of two samples; the cosine, as in
+    DALLE2-pytorch, does not favour a longer embedding). Ties go to the earlier candidate. [B] long."""
+    stacked = torch.stack([c.float() for c in candidates])  # [K, B, D]
+    similarity = F.cosine_similarity(stacked, text_embeds.float()[None], dim=-1)  # [K, B]
+    return similarity.argmax(dim=0)
+
+
+def best_of(candidates: list[Tensor], text_embeds: Tensor) -> Tensor:
+    """The candidate embedding `best_index` picks for each image, [B, D]; a single candidate is returned as it is."""
+    if len(candidates) == 1:
+        return candidates[0]
+    pick = best_index(candidates, text_embeds)
+    return torch.stack(candidates)[pick, torch.arange(len(pick), device=pick.device)]

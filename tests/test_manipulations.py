@@ -1,0 +1,148 @@
+"""The paper's manipulations (Ramesh et al. 2022, §2.2, §3) through the library, on the shipped `shapes` model
+(whose evaluator says whether a picture came back) and on the tiny Kandinsky 2.2."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalle_cli import load
+from dalle_cli.engine.latent import Latent, best_index, best_of, diff_target
+from dalle_cli.engine.model import path_frames
+from dalle_cli.errors import UsageError
+from dalle_cli.images import fit
+from dalle_cli.shapes.evaluate import detect
+
+PROMPTS = ["a red circle", "a large blue square in the top left", "a small green triangle in the bottom right"]
+
+
+@pytest.fixture(scope="module")
+def shapes():  # noqa: ANN201
+    return load("shapes", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pictures(shapes):  # noqa: ANN001, ANN201
+    return shapes.generate(PROMPTS, [11, 12, 13])
+
+
+def _psnr(images: torch.Tensor, pictures: list) -> list[float]:
+    target = fit(pictures, images.shape[-1], images.shape[-2])
+    mse = ((images.float().clamp(-1, 1) - target) ** 2).mean(dim=(1, 2, 3)) / 4  # on the [0, 1] scale
+    return (-10 * torch.log10(mse)).tolist()
+
+
+def _attributes(image) -> tuple:  # noqa: ANN001
+    blob = detect(image)[0]
+    return blob.color, blob.shape, blob.size, blob.position
+
+
+def test_eta_zero_gives_the_picture_back_and_eta_one_varies_it(shapes, pictures) -> None:  # noqa: ANN001
+    again = shapes.vary_tensors(pictures, [1, 2, 3], eta=0.0)
+    assert min(_psnr(again, pictures)) > 30
+    from dalle_cli.images import to_pil
+
+    assert [_attributes(p) for p in to_pil(again)] == [_attributes(p) for p in pictures]
+    varied = shapes.vary_tensors(pictures, [1, 2, 3], eta=1.0)
+    assert max(_psnr(varied, pictures)) < min(_psnr(again, pictures))
+    # η comes from the settings too, and a seed changes an η > 0 variation only.
+    settings = shapes.defaults.updated({"eta": 1.0}, "test")
+    assert torch.equal(shapes.vary_tensors(pictures, [1, 2, 3], settings), varied)
+    assert not torch.equal(shapes.vary_tensors(pictures, [4, 5, 6], settings), varied)
+    assert torch.equal(shapes.vary_tensors(pictures, [4, 5, 6], eta=0.0), again)
+
+
+def test_vary_without_eta_is_the_noise_variation(shapes, pictures) -> None:  # noqa: ANN001
+    assert torch.equal(shapes.vary_tensors(pictures[:1], [7]), shapes.noise_variation(pictures[:1], [7],
+                                                                                        shapes.defaults))
+
+
+def test_interpolation_frames_ends_and_fixed_noise(shapes, pictures) -> None:  # noqa: ANN001
+    a, b = pictures[0], pictures[1]
+    inverted = shapes.interpolate_tensors([a, b], 3, 5, noise="inverted")
+    assert inverted.shape[0] == 3
+    assert min(_psnr(inverted[[0]], [a]) + _psnr(inverted[[2]], [b])) > 30  # the ends reconstruct the inputs
+    fixed = shapes.interpolate_tensors([a, b], 3, 5)
+    start = shapes.render(shapes.encode_image([a]), None, [5])  # θ = 0: z_a from x_T of seed 5
+    # A frame does not depend on its batch beyond float rounding (batched convolutions round differently).
+    assert torch.allclose(fixed[[0]], start, atol=1e-5)
+    assert torch.allclose(shapes.interpolate_tensors([a, b], 3, 5, only=[1]), fixed[[1]], atol=1e-5)
+    # Three inputs, two segments: the junction frame is made once; a prompt's embedding comes from the prior.
+    path = shapes.interpolate_tensors([a, "a yellow square", b], 3, 5)
+    assert path.shape[0] == 5 and torch.allclose(path[[0]], fixed[[0]], atol=1e-5)
+    assert path_frames(3, 3) == [(0, 0.0), (0, 0.5), (1, 0.0), (1, 0.5), (1, 1.0)]
+
+
+def test_interpolation_refuses_bad_input(shapes, pictures) -> None:  # noqa: ANN001
+    with pytest.raises(UsageError, match="at least two inputs"):
+        shapes.interpolate([pictures[0]], 3, 1)
+    with pytest.raises(UsageError, match="at least 2 frames"):
+        shapes.interpolate(pictures[:2], 1, 1)
+    with pytest.raises(UsageError, match="inverted noise needs pictures"):
+        shapes.interpolate([pictures[0], "a red circle"], 3, 1, noise="inverted")
+    with pytest.raises(UsageError, match="numbered 0 to 2"):
+        shapes.interpolate(pictures[:2], 3, 1, only=[3])
+
+
+def test_text_diff_at_zero_is_the_reconstruction_and_moves_with_theta(shapes, pictures) -> None:  # noqa: ANN001
+    latent = shapes.invert(pictures[:1])
+    frames = shapes.text_diff_tensors([latent], "a blue circle", amounts=[0.0, 0.5, 1.0])
+    assert torch.allclose(frames[[0]], shapes.render(latent.embeds, latent.noises, [0]), atol=1e-5)
+    assert not torch.equal(frames[[1]], frames[[0]]) and not torch.equal(frames[[2]], frames[[1]])
+    with pytest.raises(UsageError, match="from 0 to 1"):
+        shapes.text_diff([latent], "a blue circle", amounts=[1.5])
+
+
+def test_diff_target_turns_the_direction_and_keeps_the_length() -> None:
+    z_i = torch.tensor([[3.0, 4.0, 0.0]])
+    target = diff_target(z_i, torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([[0.0, 1.0, 0.0]]))
+    assert torch.allclose(target, torch.tensor([[0.0, 0.0, 5.0]]))
+    with pytest.raises(UsageError, match="same embedding"):
+        diff_target(z_i, z_i, z_i)
+
+
+def test_reranking_keeps_the_candidate_closest_to_the_text() -> None:
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    first, second = torch.tensor([[1.0, 0.1], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [0.1, 1.0]])
+    assert best_index([first, second], text).tolist() == [0, 1]
+    assert torch.equal(best_of([first, second], text), torch.tensor([[1.0, 0.1], [0.1, 1.0]]))
+    assert best_of([first], text) is first
+
+
+def test_prior_candidates_draw_after_each_other_from_the_images_generator(shapes) -> None:  # noqa: ANN001
+    """K = 1 is today's sample; with K = 2 the second candidate is the prior run on the next draws of the same
+    generator, and the kept one is the candidate of higher cosine similarity to the prompt's text embedding."""
+    prompts, seeds = ["a red circle to the left of a blue square"] * 2, [3, 4]
+    one = shapes.prompt_embeddings(prompts, seeds, shapes.defaults)
+    two = shapes.prompt_embeddings(prompts, seeds, shapes.defaults.updated({"prior_candidates": 2}, "test"))
+    from dalle_cli.engine.noise import ImageNoise
+
+    with torch.inference_mode():
+        text = shapes.encode_text(prompts, True)
+        noise = ImageNoise(seeds)
+        first = shapes.prior(text, noise, shapes.defaults)
+        second = shapes.prior(text, noise, shapes.defaults)  # the same generators, drawn on
+    assert torch.equal(first, one)
+    assert torch.equal(two, best_of([first, second], text.prompt_embeds))
+    assert not torch.equal(first, second)
+
+
+def test_kandinsky_inverts_through_movq_and_its_decoder(tiny_kandinsky: tuple[Path, Path]) -> None:
+    from PIL import Image
+
+    from dalle_cli.families.kandinsky.settings import KandinskySettings as Settings
+
+    prior, decoder = tiny_kandinsky
+    model = load(str(decoder), parts={"prior": str(prior)}, device="cpu")
+    settings = Settings(2, 4, width=64, height=64)
+    picture = Image.new("RGB", (80, 64), (200, 40, 40))
+    latent = model.invert([picture], settings)
+    assert isinstance(latent, Latent) and latent.noises[0].shape == (1, 4, 8, 8)
+    again = model.vary_tensors([picture], [1], settings, eta=0.0)
+    assert again.shape == (1, 3, 64, 64)
+    assert torch.equal(again, model.render(latent.embeds, latent.noises, [9], settings))  # η = 0: no seed
+    frames = model.text_diff_tensors([latent], "a blue square", amounts=[0.0, 1.0], settings=settings)
+    assert torch.allclose(frames[[0]], again, atol=1e-5)
+    assert model.interpolate_tensors([picture, "a cat"], 2, 3, settings).shape == (2, 3, 64, 64)
+    two = settings.__class__(2, 4, width=64, height=64, prior_candidates=2)
+    assert model.generate_tensors(["a cat"], [1], two).shape == (1, 3, 64, 64)
