@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..sources import ModelSource
 from .naming import render_name, slugify
 
+MANIPULATIONS = {"interpolate": "interp", "text_diff": "diff"}  # record key -> the command that made the frame
 RECORD_KEYS = ("path", "index", "model", "repo_id", "revision", "model_path", "seconds", "dalle")
 
 
@@ -137,6 +138,10 @@ def _json_items(line: str, where: str) -> Iterator[Item]:
     if "grid" in raw:
         yield from _grid_items(raw, where)
         return
+    made_by = next((command for key, command in MANIPULATIONS.items() if key in raw), None)
+    if made_by is not None:
+        again = raw.get("again") if isinstance(raw.get("again"), str) else f"dalle {made_by} with its inputs"
+        raise UsageError(f"{where}: the record of a `dalle {made_by}` frame; its command makes it again: {again}")
     knobs = known_settings()
     roles = {role for family in FAMILIES.values() for role in family.roles}  # a record's further parts
     unknown = sorted(set(raw) - {"prompt", "source", "source_sha256", "seed", "n", "settings", *knobs, *RECORD_KEYS,

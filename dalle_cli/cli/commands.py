@@ -1,4 +1,4 @@
-"""The `dalle` commands: gen, vary, pull, models and info.
+"""The `dalle` commands: gen, vary, interp, diff, pull, models and info.
 
 Results go to stdout (one JSON record per image with --json, else the paths written); everything meant for people goes
 to stderr: notices, warnings, progress (a rich bar on a terminal, plain lines otherwise) and errors, one line each
@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterable, Optional
 
@@ -134,6 +135,64 @@ def vary(
               {"pictures": [[str(p), d] for p, d in digests.items()]}, digests)
 
 
+class Noise(str, Enum):
+    fixed = "fixed"
+    inverted = "inverted"
+
+
+class Animation(str, Enum):
+    webp = "webp"
+    gif = "gif"
+
+
+FramesOpt = Annotated[int, typer.Option("--frames", help="Frames per segment, both ends included (at least 2).")]
+OnlyOpt = Annotated[Optional[int], typer.Option("--only", metavar="FRAME", show_default=False,
+                                                help="Make only this frame (from 0), in its batch, as its record's "
+                                                     "command does.")]
+AnimationOpt = Annotated[Animation, typer.Option("--animation", help="The animated file's format.")]
+ONE_SEQUENCE = ("num", "skip_existing", "grid")  # shared options that mean nothing to a single sequence of frames
+
+
+def interp(
+    inputs: Annotated[list[str], typer.Argument(help="Two or more pictures (existing files) or prompts (any other "
+                                                     "text), in order.", show_default=False)],
+    frames: FramesOpt = 5,
+    noise: Annotated[Noise, typer.Option("--noise", help="fixed: one x_T from --seed for every frame (paper Fig. 4); "
+                                                         "inverted: slerp of the pictures' DDIM inversions, so the "
+                                                         "end frames give the pictures back (pictures only).")
+                     ] = Noise.fixed,
+    only: OnlyOpt = None, animation: AnimationOpt = Animation.webp,
+    *, common: Common, settings: dict[str, Any],
+) -> None:
+    """Interpolate between pictures and prompts by slerp of their CLIP image embeddings (DALL·E 2 §3.2): frames, a
+    contact sheet and an animation."""
+    from .manipulate import interp as run
+
+    run(inputs, frames, noise.value, only, animation.value, common=common, settings=settings)
+
+
+def diff(
+    image: Annotated[str, typer.Argument(help="The picture to change.", show_default=False)],
+    to: Annotated[str, typer.Option("--to", metavar="TEXT", show_default=False,
+                                    help="The caption to move the picture towards.")],
+    baseline: Annotated[Optional[str], typer.Option("--from", metavar="TEXT", show_default=False,
+                                                    help="A caption of the picture as it is (default: none).")] = None,
+    amount: Annotated[Optional[float], typer.Option("--amount", show_default=False,
+                                                    help="How far to move, θ from 0 (the picture) to 1. "
+                                                         "[default: 0.5]")] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", show_default=False,
+                                                  help="Make this many frames from 0 to --amount instead of one "
+                                                       "image (at least 2).")] = None,
+    only: OnlyOpt = None, animation: AnimationOpt = Animation.webp,
+    *, common: Common, settings: dict[str, Any],
+) -> None:
+    """Move a picture towards a caption: a text diff (DALL·E 2 §3.3), slerp(z_i, norm(z_t - z_t0), θ) decoded from
+    the picture's own inverted noise."""
+    from .manipulate import diff as run
+
+    run(image, to, baseline, amount, frames, only, animation.value, common=common, settings=settings)
+
+
 def pull(
     model: Annotated[str, typer.Argument(help="Registry alias or hub id owner/name[@revision].", show_default=False)],
     offline: OfflineOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
@@ -241,6 +300,8 @@ def make_app(families: Iterable[Family] = FAMILIES.values()) -> typer.Typer:
     app.callback()(_main)
     app.command()(image_command("generate", families)(gen))
     app.command()(image_command("vary", families)(vary))
+    app.command()(image_command("interpolate", families, omit=ONE_SEQUENCE)(interp))
+    app.command()(image_command("text_diff", families, omit=ONE_SEQUENCE)(diff))
     for command in (pull, models, info):
         app.command()(command)
     return app
