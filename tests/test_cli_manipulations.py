@@ -1,0 +1,116 @@
+"""`dalle vary --eta`, `dalle interp`, `dalle diff` and `--prior-candidates` in process, on the shipped `shapes`
+model (few steps), and their bad input: one error line, exit code 2."""
+
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dalle_cli.cli.outputs import read_record
+from test_cli import dalle, one_error_line, pixels
+
+FAST = ["-m", "shapes", "--decoder-steps", "4", "--sr-steps", "3"]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    out = tmp_path_factory.mktemp("sources")
+    made = dalle("gen", "a red circle", "a blue square", "-m", "shapes", "--seed", 4, "-o", out, "-q")
+    assert made.exit_code == 0, made.output
+    return sorted(out.glob("*.png"))
+
+
+def test_interp_writes_frames_records_a_sheet_and_an_animation(sources: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "path"
+    made = dalle("interp", *sources, "--frames", 3, "--seed", 9, *FAST, "--json", "-o", out)
+    assert made.exit_code == 0, made.output
+    records = [json.loads(line) for line in made.stdout.splitlines()]
+    assert [r["frame"] for r in records] == [0, 1, 2] and [r["theta"] for r in records] == [0.0, 0.5, 1.0]
+    first = records[0]
+    assert first["interpolate"][0]["source"] == str(sources[0]) and len(first["interpolate"][1]["source_sha256"]) == 64
+    assert first["noise"] == "fixed" and first["seed"] == 9 and first["settings"]["decoder_steps"] == 4
+    assert read_record(Path(first["path"])) == first
+    with Image.open(out / "interp.webp") as animation:
+        assert animation.n_frames == 3
+    assert (out / "interp-grid.png").is_file()
+    # A frame's record names the command that makes it again, alone.
+    again = shlex.split(records[1]["again"])
+    assert again[:2] == ["dalle", "interp"] and again[-2:] == ["--only", "1"]
+    remade = dalle(*again[1:], "-o", tmp_path / "again", "-q")
+    assert remade.exit_code == 0, remade.output
+    [frame] = (tmp_path / "again").glob("0001-*.png")
+    assert np.array_equal(pixels(frame), pixels(Path(records[1]["path"])))
+    # Fed to `gen -f`, it says which command makes it.
+    line = json.dumps(first)
+    one_error_line(dalle("gen", "-f", "-", input=line), 2, "the record of a `dalle interp` frame; its command")
+
+
+def test_interp_inverted_gives_the_pictures_back_at_its_ends(sources: list[Path], tmp_path: Path) -> None:
+    made = dalle("interp", *sources, "--frames", 2, "--noise", "inverted", *FAST[:2], "--animation", "gif",
+                 "--json", "-o", tmp_path)
+    assert made.exit_code == 0, made.output
+    records = [json.loads(line) for line in made.stdout.splitlines()]
+    for record, source in zip(records, sources):
+        error = np.abs(pixels(Path(record["path"])).astype(int) - pixels(source).astype(int))
+        assert error.mean() < 2, error.mean()
+    assert (tmp_path / "interp.gif").is_file()
+
+
+def test_diff_frames_from_the_picture_to_the_caption(sources: list[Path], tmp_path: Path) -> None:
+    made = dalle("diff", sources[0], "--to", "a blue circle", "--frames", 3, "--amount", 0.8, *FAST, "--json",
+                 "-o", tmp_path)
+    assert made.exit_code == 0, made.output
+    records = [json.loads(line) for line in made.stdout.splitlines()]
+    assert [r["amount"] for r in records] == [0.0, 0.4, 0.8]
+    assert records[0]["text_diff"]["source_sha256"] and records[0]["to"] == "a blue circle"
+    assert records[0]["from"] == ""
+
+
+def test_vary_eta_is_recorded_and_the_record_makes_it_again(sources: list[Path], tmp_path: Path) -> None:
+    made = dalle("vary", sources[0], "--eta", 0.5, "--seed", 2, *FAST, "--json", "-o", tmp_path / "a")
+    assert made.exit_code == 0, made.output
+    record = json.loads(made.stdout)
+    assert record["settings"]["eta"] == 0.5
+    again = dalle("gen", "-f", "-", "-o", tmp_path / "b", input=json.dumps(record))
+    assert again.exit_code == 0, again.output
+    assert np.array_equal(pixels(Path(again.stdout.strip())), pixels(Path(record["path"])))
+    plain = dalle("vary", sources[0], "--seed", 2, *FAST, "--json", "-o", tmp_path / "c")
+    assert "eta" not in json.loads(plain.stdout)["settings"]  # without --eta: today's variation and record
+
+
+def test_prior_candidates_is_a_generation_setting(tmp_path: Path) -> None:
+    made = dalle("gen", "a red circle", "--prior-candidates", 2, *FAST, "--json", "-o", tmp_path)
+    assert made.exit_code == 0, made.output
+    assert json.loads(made.stdout)["settings"]["prior_candidates"] == 2
+
+
+@pytest.fixture(scope="module")
+def no_image_encoder(tiny_karlo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("text-only") / "model"
+    shutil.copytree(tiny_karlo, folder, ignore=shutil.ignore_patterns("image_encoder", "feature_extractor"))
+    return folder
+
+
+@pytest.mark.parametrize("args,message", [
+    (["interp", "a red circle", *FAST], "interp needs at least two inputs"),
+    (["interp", "a red circle", "{a}", "--noise", "inverted", *FAST], "--noise inverted needs pictures: input 1"),
+    (["interp", "{a}", "{b}", "--frames", "1", *FAST], "--frames must be at least 2"),
+    (["interp", "{a}", "{b}", "--only", "7", *FAST], "--only must be a frame from 0 to 4"),
+    (["diff", "{a}", "--to", "a blue circle", "--amount", "1.5", *FAST], "--amount must be between 0 and 1"),
+    (["diff", "{a}", "--to", "a blue circle", "--amount", "-0.1", *FAST], "--amount must be between 0 and 1"),
+    (["diff", "{a}", "--to", "a blue circle", "--frames", "1", *FAST], "--frames must be at least 2"),
+    (["diff", "not-a-file.png", "--to", "a blue circle", *FAST], "the picture 'not-a-file.png' is not a picture"),
+    (["diff", "{a}", "--to", " ", *FAST], "--to is empty"),
+    (["diff", "{a}", "--to", "a blue circle", "-m", "{text_only}"], "has no image encoder, so it cannot make text"),
+    (["gen", "a red circle", "--prior-candidates", "0", *FAST], "prior_candidates must be an integer from 1 to 16"),
+    (["vary", "{a}", "--eta", "2", *FAST], "eta must be a number from 0 to 1"),
+    (["vary", "{a}", "--prior-candidates", "2", *FAST], "No such option: --prior-candidates"),
+])
+def test_bad_input_is_one_error_line(sources: list[Path], no_image_encoder: Path, args: list[str],
+                                     message: str) -> None:
+    filled = [a.format(a=sources[0], b=sources[1], text_only=no_image_encoder) for a in args]
+    one_error_line(dalle(*filled), 2, message)
