@@ -9,7 +9,9 @@ The stages are public, and the operations compose them:
 - `prior`: prompts -> image embeddings and negative image embeddings (paper §2.2, with x_0 prediction);
 - `decode_latents`: image embeddings (and negatives, for guidance) -> MoVQ latents, by DDPM, from a given x_T or a
   drawn one; `to_pixels`: MoVQ's decoder; `decode` is the two together.
-`generate` runs prior then decode; `vary` decodes a picture's embedding against the zero embedding.
+`generate` runs prior then decode; `vary` decodes a picture's embedding against the zero embedding. For the paper's
+manipulations (§3, composed in `engine.model`) `invert` inverts MoVQ's encoding of a picture through the decoder UNet
+by DDIM, and `render` decodes embeddings from such a noise by DDIM at η.
 
 The seed contract is Karlo's: every image draws from its own generator, in the reference's order (prior start and
 steps, decoder start and steps). With a negative prompt the reference runs the prior on prompts and negative

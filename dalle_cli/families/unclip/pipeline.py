@@ -8,7 +8,9 @@ The stages are public, and the operations compose them:
 - `upscale`: the two super-resolution UNets to 256 px (`super_res_first` every step but the last, `super_res_last`
   the last).
 `generate` runs encode_text, prior, decode and upscale; `vary` runs encode_image, then decodes the embedding with an
-empty prompt, as Karlo's image-variation sampler does.
+empty prompt, as Karlo's image-variation sampler does. For the paper's manipulations (§3, composed in `engine.model`)
+`invert` finds a picture's latent, the DDIM inversion of both the decoder and the super-resolution stage, and
+`render` decodes embeddings from such noises by DDIM at η through both stages.
 
 Every stage draws its noise from the images' own generators (`engine.noise.ImageNoise`) in the reference's order, so
 an image equals diffusers' `UnCLIPPipeline` / `UnCLIPImageVariationPipeline` given the same per-image generators.
