@@ -39,7 +39,7 @@ def test_prompt_file_skips_blanks_and_comments_and_reads_json_lines() -> None:
     ('{"prompt": "a cat", "n": 0}', "p.txt:2: n must be an integer from 1"),
     ('{"prompt": "a cat", "prior_steps": 1}', "p.txt:2: prior_steps must be an integer from 2 to 1000"),
     ('{"prompt": "a cat", "decoder_guidance": "high"}', "p.txt:2: decoder_guidance must be a number"),
-    ('{"prompt": "a cat", "settings": {"eta": 1}}', "p.txt:2: unknown setting 'eta'"),
+    ('{"prompt": "a cat", "settings": {"zeta": 1}}', "p.txt:2: unknown setting 'zeta'"),
 ])
 def test_bad_json_lines_name_their_line(line: str, message: str) -> None:
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):
