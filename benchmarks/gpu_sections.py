@@ -71,6 +71,11 @@ class Context:
     save: Callable[[], None]  # rewrite the outputs with what has been measured so far
 
 
+
+def _given(settings: object) -> dict:
+    """The settings as a record holds them: a setting left at None (no η) is left out."""
+    return {k: v for k, v in dataclasses.asdict(settings).items() if v is not None}
+
 def plans(device: torch.device, images: int, low_vram_batches: tuple[int, ...] | None = None) -> list[Plan]:
     """The loads the check measures: fp16 (batch 1 and all images at once), the same with low-VRAM (or at
     `low_vram_batches`), and bf16 at full batch. On the CPU the fp16 plans run in fp32, and the half-precision
@@ -108,7 +113,7 @@ def _run_reference(ctx: Context, script: str, folders: dict[str, str], dtype: st
     """A diffusers reference script (benchmarks/`script`) in a subprocess on `folders`: its figures and images."""
     stem = Path(script).stem
     job = {**folders, "device": ctx.device.type, "dtype": dtype, "prompts": prompts, "seeds": seeds,
-           "batch": batch, "threads": torch.get_num_threads(), "settings": dataclasses.asdict(settings),
+           "batch": batch, "threads": torch.get_num_threads(), "settings": _given(settings),
            "warmup": dataclasses.asdict(warmup), "images": str(ctx.work / f"{stem}_images.pt"),
            "result": str(ctx.work / f"{stem}_result.json")}
     job_path = ctx.work / f"{stem}_job.json"
@@ -159,7 +164,7 @@ def _time_dalle(ctx: Context, section: Section, todo: list[Plan], loader: Callab
         loaded = measure(loader(plan), device)
         model, resident = loaded.value, allocated(device)
         settings, warmup = choose(model)
-        section.figures.setdefault("settings", dataclasses.asdict(settings))
+        section.figures.setdefault("settings", _given(settings))
         ctx.log(f"dalle {plan.dtype}{' low-VRAM' if plan.low_vram else ''}: loaded in {loaded.seconds:.1f} s")
         for batch in plan.batches:
             # first-call costs (CUDA context, kernel choice for these shapes) stay out of the timing
