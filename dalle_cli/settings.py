@@ -25,8 +25,8 @@ MAX_CANDIDATES = 16
 @dataclass(frozen=True)
 class Knob:
     """What a settings field is: `kind` ("steps", "guidance", "count", "eta", "pixels" or "text"), the pipeline
-    `stage` that reads it
-    (None: every operation reads it), one line of `help`, and for "pixels" the allowed range and the multiple."""
+    `stage` that reads it (None: every operation reads it), one line of `help`, and for "pixels" the allowed range
+    and the multiple."""
 
     kind: str
     help: str

@@ -9,7 +9,6 @@ torch is imported only by commands that run a model, so `dalle --help` and `dall
 import functools
 import itertools
 import json
-import os
 import shutil
 import signal
 import sys
@@ -32,7 +31,7 @@ from .. import __version__
 from ..errors import UsageError
 from ..families import FAMILIES, Family
 from .display import Display, guarded
-from .options import Common, DebugOpt, JsonOpt, OfflineOpt, QuietOpt, flag, image_command
+from .options import Common, DebugOpt, JsonOpt, OfflineOpt, QuietOpt, default_model, flag, image_command
 
 
 def _quiet_downloads(quiet: bool) -> None:
@@ -54,7 +53,7 @@ def _make(display: Display, tally: Any, common: Common, settings: dict[str, Any]
     _quiet_downloads(common.quiet)
     check_template(common.name)
     check_writable(common.out)
-    default = os.environ.get("DALLE_MODEL") or "karlo"
+    default = default_model()
     options = {"device": common.device.value, "dtype": common.dtype.value, "low_vram": common.low_vram,
                "offline": common.offline}
     models = Models(common.model, default, settings, common.offline, options, display.note,

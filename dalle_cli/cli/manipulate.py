@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from .. import __version__
 from ..errors import UsageError
 from .display import Display
-from .options import Common, flag
+from .options import Common, default_model, flag
 
 ANIMATIONS = ("webp", "gif")
 FRAME_MS = 250  # how long the animation shows each frame
@@ -85,8 +85,6 @@ class Run:
     recorded and written into `common.out`."""
 
     def __init__(self, display: Display, common: Common, operation: str, given: dict[str, Any]) -> None:
-        import os
-
         from .. import load
         from ..sources import locate
         from .batch import chosen
@@ -98,7 +96,7 @@ class Run:
         check_template(common.name)
         check_writable(common.out)
         self.display, self.common, self.operation = display, common, operation
-        spec = common.model or os.environ.get("DALLE_MODEL") or "karlo"
+        spec = common.model or default_model()
         source = locate(spec, offline=common.offline, on_notice=display.note, parts=common.parts)
         self.settings = chosen(source, operation, source.defaults, given, "options", name=flag)
         self.model = load(source, device=common.device.value, dtype=common.dtype.value, low_vram=common.low_vram,
@@ -218,8 +216,9 @@ def interp(
         again = ["dalle", "interp", *(item.argument() for item in items), "--frames", frames, "--noise", noise,
                  "--seed", seed, *run.options]
         pictures = sum(item.path is not None for item in items) if noise == "inverted" else 0
-        with display.progress(sum(map(len, todo)), planned_events(run, len(todo), pictures, len(prompts))) as meter:
-            report = meter.batch(list(range(sum(map(len, todo)))))
+        count = sum(map(len, todo))
+        with display.progress(count, planned_events(run, len(todo), pictures, len(prompts))) as meter:
+            report = meter.batch(list(range(count)))
             latents = run.model.path_latents([load_image(i.path) if i.path is not None else i.prompt for i in items],
                                              seed, run.settings, noise=noise, progress=report)
             for batch in todo:

@@ -59,6 +59,13 @@ GridOpt = Annotated[bool, typer.Option("--grid", help="Also write a contact shee
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 
 
+def default_model() -> str:
+    """The model a command runs when neither -m nor a record names one: $DALLE_MODEL, else karlo."""
+    import os
+
+    return os.environ.get("DALLE_MODEL") or "karlo"
+
+
 def flag(setting: str) -> str:
     """The option of a setting: `prior_steps` -> `--prior-steps`."""
     return "--" + setting.replace("_", "-")
