@@ -63,7 +63,9 @@ def test_interpolation_frames_ends_and_fixed_noise(shapes, pictures) -> None:  #
     assert inverted.shape[0] == 3
     assert min(_psnr(inverted[[0]], [a]) + _psnr(inverted[[2]], [b])) > 30  # the ends reconstruct the inputs
     fixed = shapes.interpolate_tensors([a, b], 3, 5)
-    start = shapes.render(shapes.encode_image([a]), None, [5])  # θ = 0: z_a from x_T of seed 5
+    # θ = 0: z_a decoded by the ancestral samplers from seed 5's draws, which is the picture's noise variation.
+    start = shapes.render(shapes.encode_image([a]), None, [5], eta=None)
+    assert torch.allclose(start, shapes.noise_variation([a], [5], shapes.defaults), atol=1e-5)
     # A frame does not depend on its batch beyond float rounding (batched convolutions round differently).
     assert torch.allclose(fixed[[0]], start, atol=1e-5)
     assert torch.allclose(shapes.interpolate_tensors([a, b], 3, 5, only=[1]), fixed[[1]], atol=1e-5)

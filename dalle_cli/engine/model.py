@@ -108,9 +108,10 @@ class Model:
         `invert`) and prompts, whose embedding the prior samples with `seed`. Each segment between two inputs has
         `frames` frames at θ = k / (frames - 1), the embedding slerp(z_a, z_b, θ) (`diffusion.slerp`); a frame
         shared by two segments is made once, so a path of n inputs has (n - 1)(frames - 1) + 1 frames. They are
-        decoded by DDIM at η = 0 from one x_T drawn from `seed` (noise "fixed", as the paper's Figure 4) or from
-        slerp(x_T a, x_T b, θ) of the pictures' inversions (noise "inverted", pictures only: its end frames give
-        the pictures back). `only` picks frames by their index (default: all)."""
+        decoded from the same draws of `seed` by the decoder's own sampler (noise "fixed": one x_T and the same
+        step noises for every frame, the paper's Figure 4 "decoder seed fixed across each row"), or by DDIM at
+        η = 0 from slerp(x_T a, x_T b, θ) of the pictures' inversions (noise "inverted", pictures only: its end
+        frames give the pictures back). `only` picks frames by their index (default: all)."""
         return to_pil(self.interpolate_tensors(inputs, frames, seed, settings, noise=noise, only=only,
                                                progress=progress))
 
@@ -132,8 +133,11 @@ class Model:
         latents = self.path_latents(inputs, seed, s, noise=noise, progress=progress)
         blends = [latents[segment].blend(latents[segment + 1], theta) for segment, theta in
                   (path[k] for k in which)]
-        batch = stack(blends) if noise == "inverted" else stack([Latent(b.embeds) for b in blends])
-        return self.render(batch.embeds, batch.noises or None, [seed] * len(which), s, progress=progress)
+        if noise == "inverted":
+            batch = stack(blends)
+            return self.render(batch.embeds, batch.noises, [seed] * len(which), s, progress=progress)
+        embeds = stack([Latent(b.embeds) for b in blends]).embeds
+        return self.render(embeds, None, [seed] * len(which), s, eta=None, progress=progress)
 
     def text_diff(self, images: Sequence[Image.Image | Latent], to: str, *, baseline: str = "",
                   amounts: Sequence[float] = (DIFF_AMOUNT,), settings: Settings | None = None,
@@ -221,10 +225,11 @@ class Model:
         raise NotImplementedError
 
     def render(self, embeds: torch.Tensor, noises: tuple[torch.Tensor, ...] | None, seeds: Sequence[int],
-               settings: Settings | None = None, *, eta: float = 0.0,
+               settings: Settings | None = None, *, eta: float | None = 0.0,
                progress: ProgressCallback | None = None) -> torch.Tensor:
         """Images [B, 3, H, W] in [-1, 1] decoded from embeddings [B, D] by DDIM at η, from `noises` or, when None,
-        from x_Ts drawn from the seeds' generators."""
+        from x_Ts drawn from the seeds' generators; η None (with no `noises`) decodes by the family's own
+        samplers, as `generate` does."""
         raise NotImplementedError
 
 

@@ -309,18 +309,20 @@ class UnCLIP(Model):
         return Latent(embeds, (x_decoder, x_sr))
 
     def render(self, embeds: torch.Tensor, noises: tuple[torch.Tensor, ...] | None, seeds: Sequence[int],
-               settings: UnCLIPSettings | None = None, *, eta: float = 0.0,
+               settings: UnCLIPSettings | None = None, *, eta: float | None = 0.0,
                progress: ProgressCallback | None = None) -> torch.Tensor:
         """Images [B, 3, 256, 256] in [-1, 1] decoded from image embeddings [B, D] by DDIM at η through both stages,
         from `noises` (a latent's, or a blend of latents') or, when None, from x_Ts drawn from each image's
         generator (the decoder's, then the super-resolution stage's). At η > 0 the step noises come from the
-        same generators after that: the decoder's steps, then the super-resolution steps."""
+        same generators after that: the decoder's steps, then the super-resolution steps. With η None and no
+        `noises` both stages run the reference's ancestral samplers, drawing as `generate` does after its prior."""
         s = settings or self.defaults
         self._pair(list(embeds), list(seeds))
         noise = ImageNoise(seeds)
         with self._running():
             text = self.encode_text([""] * len(seeds), s.decoder_guidance > 1.0)
-            x_decoder, x_sr = noises if noises is not None else self._draw_noises(noise)
+            drawn = (None, None) if eta is None else self._draw_noises(noise)  # ancestral stages draw their own
+            x_decoder, x_sr = noises if noises is not None else drawn
             small = self.decode(embeds.to(self.device, self.dtype), text, noise, s, x_decoder, eta=eta,
                                 progress=progress)
             return self.upscale(small, noise, s, x_sr, eta=eta, progress=progress)
