@@ -24,6 +24,8 @@ import torch
 from bench_timing import allocated, measure, release
 
 import dalle_cli
+from dalle_cli.families import FAMILIES
+from dalle_cli.settings import Settings
 
 H200_DENSE_TFLOPS = 790.0  # an 8192³ bf16 matmul on this workplace's H200s (device KINDS.md)
 PROMPTS = ["an astronaut riding a horse on the moon", "a bowl of soup that is also a portal to another dimension",
@@ -72,9 +74,11 @@ class Context:
 
 
 
-def _given(settings: object) -> dict:
-    """The settings as a record holds them: a setting left at None (no η) is left out."""
-    return {k: v for k, v in dataclasses.asdict(settings).items() if v is not None}
+def _given(settings: Settings) -> dict:
+    """The settings as a generated image's record holds them: those text to image reads, none left at None."""
+    family = next(f for f in FAMILIES.values() if isinstance(settings, f.settings))
+    return settings.used(family.operations["generate"])
+
 
 def plans(device: torch.device, images: int, low_vram_batches: tuple[int, ...] | None = None) -> list[Plan]:
     """The loads the check measures: fp16 (batch 1 and all images at once), the same with low-VRAM (or at

@@ -1,7 +1,7 @@
 """Sampling settings, declared once per model family.
 
 A family's settings are a frozen dataclass deriving from `Settings`, whose fields are made by the helpers below
-(`steps`, `guidance`, `candidates`, `eta`, `pixels`, `text`). Each helper records what kind of value the field
+(`steps`, `guidance`, `candidates`, `eta`, `strength`, `pixels`, `text`). Each helper records what kind of value the field
 holds, which stage of the pipeline reads it, and one line of help. Everything that reads or writes settings works from
 that declaration: the CLI's options (`--prior-steps` for `prior_steps`), prompt-file keys, the defaults in the
 registry and in model folders, and the record stored with every image. No torch here, so parsing settings costs
@@ -24,9 +24,9 @@ MAX_CANDIDATES = 16
 
 @dataclass(frozen=True)
 class Knob:
-    """What a settings field is: `kind` ("steps", "guidance", "count", "eta", "pixels" or "text"), the pipeline
-    `stage` that reads it (None: every operation reads it), one line of `help`, and for "pixels" the allowed range
-    and the multiple."""
+    """What a settings field is: `kind` ("steps", "guidance", "count", "eta", "strength", "pixels" or "text"), the
+    pipeline `stage` that reads it (None: every operation reads it), one line of `help`, and for "pixels" the
+    allowed range and the multiple."""
 
     kind: str
     help: str
@@ -71,6 +71,13 @@ def eta(stage: str, help: str = "Invert the picture and decode it by DDIM at thi
     return dataclasses.field(default=None, metadata={_KNOB: Knob("eta", help, stage)})
 
 
+def strength(stage: str, help: str = "Image to image: noise the picture to this strength, in (0, 1], then denoise "
+                                     "it with the prompt (1 keeps nothing but its size).") -> Any:
+    """An edit's strength (SDEdit, Meng et al. 2022): the fraction of the sampler's steps run from the picture noised
+    to that step, a number in (0, 1], or None (the default) where the operation then does what it does without it."""
+    return dataclasses.field(default=None, metadata={_KNOB: Knob("strength", help, stage)})
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -78,7 +85,7 @@ def _is_int(value: Any) -> bool:
 def check_value(name: str, knob: Knob, value: Any, where: str, error: type[DalleError] = UsageError) -> Any:
     """`value` as the field `name` holds it (guidance scales become floats). Raises `error`, its message starting
     with `where`, for a value outside the field's kind: steps 2..1000; guidance finite and at least 1; counts 1..16;
-    η in [0, 1] or None; pixels in range and on the multiple; text a string of at most 2,000 characters."""
+    η in [0, 1] or None; strength in (0, 1] or None; pixels in range and on the multiple; text a string of at most 2,000 characters."""
     if knob.kind == "steps":
         if not (_is_int(value) and 2 <= value <= MAX_STEPS):
             raise error(f"{where}: {name} must be an integer from 2 to {MAX_STEPS}, got {value!r}")
@@ -97,6 +104,11 @@ def check_value(name: str, knob: Knob, value: Any, where: str, error: type[Dalle
         if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
                                       and 0 <= value <= 1):
             raise error(f"{where}: {name} must be a number from 0 to 1, got {value!r}")
+        return None if value is None else float(value)
+    if knob.kind == "strength":
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                      and 0 < value <= 1):
+            raise error(f"{where}: {name} must be a number greater than 0 and at most 1, got {value!r}")
         return None if value is None else float(value)
     if knob.kind == "pixels":
         if not (_is_int(value) and knob.low <= value <= knob.high and value % knob.multiple == 0):

@@ -35,3 +35,20 @@ def tiny_kandinsky(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     from tiny_kandinsky import make_tiny_kandinsky
 
     return make_tiny_kandinsky(tmp_path_factory.mktemp("models") / "tiny-kandinsky", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_kandinsky_inpaint_reference():
+    """The tiny Kandinsky 2.2 inpainting decoder's reference pipeline (`KandinskyV22InpaintPipeline`), seeded as
+    `tiny_kandinsky_inpaint`; it pairs with the prior of `tiny_kandinsky_reference`."""
+    from tiny_kandinsky import build_inpaint_decoder
+
+    return build_inpaint_decoder(seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_kandinsky_inpaint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny inpainting decoder saved in the hub layout of kandinsky-community/kandinsky-2-2-decoder-inpaint."""
+    from tiny_kandinsky import make_tiny_inpaint_decoder
+
+    return make_tiny_inpaint_decoder(tmp_path_factory.mktemp("models") / "tiny-kandinsky-inpaint", seed=1)

@@ -6,6 +6,10 @@ config); the decoder folder `KandinskyV22Pipeline`'s (a UNet in the real block l
 8 channels out; MoVQ with spatial norm; the DDPM scheduler of the real repo). Random weights would drive the latents
 far out of MoVQ's range, so the UNet's output convolution is damped and, by default, the decoder scheduler predicts
 the sample, which keeps images informative; `prediction="epsilon"` gives the real scheduler config.
+
+`make_tiny_inpaint_decoder` saves a `KandinskyV22InpaintPipeline` folder of the same design, its UNet reading 9
+channels (latents, masked latents, keep mask), as kandinsky-community/kandinsky-2-2-decoder-inpaint: it pairs with
+the same prior.
 """
 
 import json
@@ -14,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import (DDPMScheduler, KandinskyV22Pipeline, KandinskyV22PriorPipeline, PriorTransformer,
-                       UNet2DConditionModel, UnCLIPScheduler, VQModel)
+from diffusers import (DDPMScheduler, KandinskyV22InpaintPipeline, KandinskyV22Pipeline, KandinskyV22PriorPipeline,
+                       PriorTransformer, UNet2DConditionModel, UnCLIPScheduler, VQModel)
 from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer,
                           CLIPVisionConfig, CLIPVisionModelWithProjection)
 
@@ -65,8 +69,15 @@ def build_reference(seed: int = 0, prediction: str = "sample") -> Pair:
                                   clip_sample_range=10.0, num_train_timesteps=1000),
         image_processor=processor,
     )
+    unet, movq, scheduler = _decoder_parts(4, prediction)
+    return Pair(prior_pipe, KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq))
+
+
+def _decoder_parts(in_channels: int, prediction: str) -> tuple[UNet2DConditionModel, VQModel, DDPMScheduler]:
+    """The decoder's UNet (reading `in_channels`), MoVQ and scheduler, drawn from the global RNG in that order."""
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=8, layers_per_block=1, block_out_channels=(16, 32, 32, 48),
+        sample_size=8, in_channels=in_channels, out_channels=8, layers_per_block=1,
+        block_out_channels=(16, 32, 32, 48),
         down_block_types=("ResnetDownsampleBlock2D",) + ("SimpleCrossAttnDownBlock2D",) * 3,
         up_block_types=("SimpleCrossAttnUpBlock2D",) * 3 + ("ResnetUpsampleBlock2D",),
         mid_block_type="UNetMidBlock2DSimpleCrossAttn", norm_num_groups=8, attention_head_dim=8,
@@ -85,7 +96,14 @@ def build_reference(seed: int = 0, prediction: str = "sample") -> Pair:
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
                               clip_sample=prediction == "sample", steps_offset=1,
                               prediction_type=prediction, thresholding=False)
-    return Pair(prior_pipe, KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq))
+    return unet, movq, scheduler
+
+
+def build_inpaint_decoder(seed: int = 1, prediction: str = "sample") -> KandinskyV22InpaintPipeline:
+    """A seeded random reference inpainting decoder: the tiny decoder's design with a UNet reading 9 channels."""
+    torch.manual_seed(seed)
+    unet, movq, scheduler = _decoder_parts(9, prediction)
+    return KandinskyV22InpaintPipeline(unet=unet, scheduler=scheduler, movq=movq)
 
 
 def save_reference(pair: Pair, folder: Path) -> tuple[Path, Path]:
@@ -106,3 +124,9 @@ def save_reference(pair: Pair, folder: Path) -> tuple[Path, Path]:
 def make_tiny_kandinsky(folder: Path, seed: int = 0, prediction: str = "sample") -> tuple[Path, Path]:
     """Build and save a tiny Kandinsky 2.2 (see `save_reference`)."""
     return save_reference(build_reference(seed, prediction), folder)
+
+
+def make_tiny_inpaint_decoder(folder: Path, seed: int = 1, prediction: str = "sample") -> Path:
+    """Build and save a tiny inpainting decoder (`build_inpaint_decoder`) to `folder` in the hub layout."""
+    build_inpaint_decoder(seed, prediction).save_pretrained(folder, safe_serialization=True)
+    return folder

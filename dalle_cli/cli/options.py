@@ -17,7 +17,7 @@ from ..families import FAMILIES, Family
 from .limits import MAX_COUNT, MAX_SEED
 from .naming import DEFAULT_TEMPLATE
 
-TYPES = {"steps": int, "guidance": float, "count": int, "eta": float, "pixels": int, "text": str}
+TYPES = {"steps": int, "guidance": float, "count": int, "eta": float, "strength": float, "pixels": int, "text": str}
 
 
 class Device(str, Enum):

@@ -91,3 +91,12 @@ def timesteps(num_inference_steps: int, config: SchedulerConfig) -> list[int]:
         )
     ratio = last / (num_inference_steps - 1)
     return [round(i * ratio) for i in reversed(range(num_inference_steps))]
+
+
+def strength_steps(steps: list[int], strength: float | None) -> list[int]:
+    """The steps an edit at `strength` (SDEdit, Meng et al. 2022) runs from the picture noised to the first of them:
+    the last int(strength x len(steps)), as diffusers' image-to-image `get_timesteps` counts them, and at least one
+    (where the reference would run none and fail); all of them without a strength."""
+    if strength is None:
+        return steps
+    return steps[len(steps) - max(1, min(int(strength * len(steps)), len(steps))):]

@@ -2,9 +2,10 @@
 
 The prior folder (`KandinskyV22PriorPipeline`): tokenizer, text_encoder (OpenCLIP ViT-bigG/14's text tower in
 `CLIPTextModelWithProjection` layout), prior, scheduler (`UnCLIPScheduler`), image_encoder (the bigG vision tower)
-and image_processor. The decoder folder (`KandinskyV22Pipeline`): unet, movq and scheduler (`DDPMScheduler`). The
-image encoder (3.7 GB) is loaded only when an operation needs it: variations, and the zero-image negative embedding
-the first time it is computed.
+and image_processor. The decoder folder (`KandinskyV22Pipeline`, or `KandinskyV22InpaintPipeline` for the inpainting
+decoder, whose UNet reads 2C + 1 = 9 channels: latents, masked latents, mask): unet, movq and scheduler
+(`DDPMScheduler`). The image encoder (3.7 GB) is loaded only when an operation needs it: variations, and the
+zero-image negative embedding the first time it is computed.
 """
 
 from dataclasses import dataclass
@@ -60,12 +61,18 @@ def _check_layout(folder: Path, role: str, parts: tuple[str, ...]) -> None:
 def load_components(prior: Path, decoder: Path, dtype: torch.dtype, device: torch.device) -> Components:
     """Load the prior folder and the decoder folder onto `device` in `dtype`, all but the image encoder.
 
-    Raises `CheckpointError` for a missing component or weights that do not fit their config, and `UsageError` for a
-    prior whose image embeddings are not the size the decoder reads."""
+    Raises `CheckpointError` for a missing component, weights that do not fit their config or a UNet that reads
+    neither MoVQ's C latent channels nor the inpainting decoder's 2C + 1, and `UsageError` for a prior whose image
+    embeddings are not the size the decoder reads."""
     _check_layout(prior, "prior", PRIOR_PARTS)
     _check_layout(decoder, "decoder", DECODER_PARTS)
     prior_config = from_config(PriorConfig, read_json(prior / "prior" / "config.json"))
     unet_config = from_config(UNetConfig, read_json(decoder / "unet" / "config.json"))
+    latent = from_config(MoVQConfig, read_json(decoder / "movq" / "config.json")).latent_channels
+    if unet_config.in_channels not in (latent, 2 * latent + 1):
+        raise CheckpointError(f"{decoder}: the decoder UNet reads {unet_config.in_channels} channels, but a Kandinsky "
+                              f"2.2 decoder reads MoVQ's {latent} latent channels, and an inpainting decoder "
+                              f"{2 * latent + 1} (latents, masked latents, mask)")
     if unet_config.encoder_hid_dim != prior_config.embedding_dim:
         raise UsageError(f"the prior in {prior} makes {prior_config.embedding_dim}-d image embeddings, but the "
                          f"decoder in {decoder} reads {unet_config.encoder_hid_dim}-d ones: they are not a pair")

@@ -11,7 +11,10 @@ The stages are public, and the operations compose them:
   drawn one; `to_pixels`: MoVQ's decoder; `decode` is the two together.
 `generate` runs prior then decode; `vary` decodes a picture's embedding against the zero embedding. For the paper's
 manipulations (§3, composed in `engine.model`) `invert` inverts MoVQ's encoding of a picture through the decoder UNet
-by DDIM, and `render` decodes embeddings from such a noise by DDIM at η.
+by DDIM, and `render` decodes embeddings from such a noise by DDIM at η. `edit_tensors` runs the prior, then repaints
+a masked region with the inpainting decoder or makes image to image with the plain one (`edits`), equal to
+`KandinskyV22InpaintCombinedPipeline` and `KandinskyV22Img2ImgCombinedPipeline`; an inpainting decoder does nothing
+else.
 
 The seed contract is Karlo's: every image draws from its own generator, in the reference's order (prior start and
 steps, decoder start and steps). With a negative prompt the reference runs the prior on prompts and negative
@@ -39,7 +42,7 @@ from ...errors import UsageError
 from ...images import fit, preprocess
 from ...registry import load_registry
 from ...sources import ModelSource
-from . import FAMILY
+from . import FAMILY, edits
 from .components import load_components, load_image_encoder
 from .settings import KandinskySettings
 
@@ -55,12 +58,20 @@ class Kandinsky(Model):
     family = FAMILY
 
     def prepare(self, operation: str) -> None:
-        """Make sure `operation` (one of the family's operations) can run: all but "generate" load the image encoder
-        now."""
+        """Make sure `operation` (one of the family's operations) can run: all but "generate" and "edit" load the
+        image encoder now. Raises `UsageError` for an operation the model cannot do: an inpainting decoder edits
+        only."""
         if operation not in FAMILY.operations:
             raise UsageError(f"{self.info.name} cannot {operation} (it can {', '.join(FAMILY.operations)})")
-        if operation != "generate":
+        self._refuse(operation)
+        if operation not in ("generate", "edit"):
             self._image_encoder()
+
+    def _refuse(self, operation: str) -> None:
+        """Refuse any operation but "edit" on an inpainting decoder, whose UNet needs a picture and a mask."""
+        if operation != "edit" and edits.inpaints(self):
+            raise UsageError(f"{self.info.name} is an inpainting decoder and cannot {operation}: it only repaints "
+                             "masked regions of pictures (edit); kandinsky-2.2 does the rest")
 
     def _image_encoder(self) -> torch.nn.Module:
         with self._loading:
@@ -86,7 +97,7 @@ class Kandinsky(Model):
     def noise_variation(self, images: Sequence[Image.Image], seeds: Sequence[int], settings: KandinskySettings, *,
                         progress: ProgressCallback | None = None) -> torch.Tensor:
         """Each picture's embedding decoded from fresh noise against the zero embedding, [B, 3, H, W] in [-1, 1]."""
-        s = self._check(list(images), list(seeds), settings)
+        s = self._check(list(images), list(seeds), settings, "vary")
         report, n = progress or _silent, len(images)
         with self._running():
             report(Progress("encode", 1, 1, 0, n, n))
@@ -94,10 +105,44 @@ class Kandinsky(Model):
             negative = self.zero_embed().expand(n, -1)
             return self.decode(embeds, negative, ImageNoise(seeds), s, progress=progress)
 
+    img2img_strength: float = 0.3  # an edit's strength without a mask or a strength given: diffusers' Img2Img default
+
+    def edit_size(self, settings: KandinskySettings | None = None) -> tuple[int, int]:
+        """(width, height) an edit runs at: the settings' image size."""
+        s = settings or self.defaults
+        return s.width, s.height
+
+    def edit_tensors(self, pixels: torch.Tensor, masks: torch.Tensor | None, prompts: Sequence[str],
+                     seeds: Sequence[int], settings: KandinskySettings | None = None, *,
+                     progress: ProgressCallback | None = None) -> torch.Tensor:
+        """Pictures [B, 3, H, W] in [-1, 1] at `edit_size`, towards the prompts: repainted where `masks`
+        [B, 1, H, W] are 1 (1 = repaint, 0 = keep) by the inpainting decoder, or without masks noised to
+        `settings.strength` and denoised by the plain decoder (see `edits`). The prior runs on the prompts as
+        `generate` runs it, from the same generators. Returns [B, 3, H, W] in [-1, 1] on the model's device. Raises
+        `UsageError` for a mask without the inpainting decoder, no mask with it, a mask with a strength, no mask and
+        no strength, and pictures or masks not at `edit_size`."""
+        s = self._check(list(prompts), list(seeds), settings, "edit")
+        edits.check_edit(self, pixels, masks, s, len(seeds))
+        report, n = progress or _silent, len(seeds)
+        with self._running():
+            noise = ImageNoise(seeds)
+            embeds, negative = self.prior(list(prompts), noise, s, progress=progress)
+            report(Progress("edit", 1, 1, 0, n, n))
+            pixels = pixels.to(self.device, self.dtype)
+            if masks is None:
+                return edits.image_to_image(self, embeds, negative, pixels, noise, s, report)
+            return edits.inpaint(self, embeds, negative, pixels, masks.to(self.device), noise, s, report)
+
+    def edit_events(self, settings: KandinskySettings, masked: bool) -> int:
+        """The progress events of one `edit` batch: the prior's, the picture's and the decoder steps run."""
+        s = settings
+        steps = schedule.strength_steps(list(range(s.decoder_steps)), None if masked else s.strength)
+        return s.prior_steps * s.prior_candidates + 1 + len(steps)
+
     def prompt_embeddings(self, prompts: list[str], seeds: list[int], settings: KandinskySettings, *,
                           progress: ProgressCallback | None = None) -> torch.Tensor:
         """The prior's image embeddings [B, D] of prompts, each drawn from its seed as `generate` draws it."""
-        s = self._check(list(prompts), list(seeds), settings)
+        s = self._check(list(prompts), list(seeds), settings, "interpolate")
         return self.prior(list(prompts), ImageNoise(seeds), s, progress=progress)[0]
 
     def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
@@ -110,7 +155,7 @@ class Kandinsky(Model):
         DDIM inversion (η = 0) of MoVQ's encoding of the picture, conditioned on z_i and guided against the zero
         embedding as variations are. The picture is centre-cropped to the settings' aspect ratio and resized to
         width x height. Noises: (x_T [B, 4, height / 8, width / 8],)."""
-        s = self._check(list(images), [0] * len(images), settings)
+        s = self._check(list(images), [0] * len(images), settings, "vary")
         self.prepare("vary")
         report, n = progress or _silent, len(images)
         unet, config = self.parts.unet, self.parts.scheduler
@@ -137,7 +182,7 @@ class Kandinsky(Model):
         """Images [B, 3, H, W] decoded from image embeddings [B, D] by DDIM at η against the zero embedding, from
         `noises` (x_T,) or, when None, from an x_T drawn from each image's generator; at η > 0 the step noises
         come from the same generators after it."""
-        s = self._check(list(embeds), list(seeds), settings)
+        s = self._check(list(embeds), list(seeds), settings, "vary")
         noise = ImageNoise(seeds)
         with self._running():
             negative = self.zero_embed().expand(len(seeds), -1)
@@ -145,9 +190,11 @@ class Kandinsky(Model):
             return self.decode(embeds.to(self.device, self.dtype), negative, noise, s, x_T, eta=eta,
                                progress=progress)
 
-    def _check(self, inputs: list, seeds: list[int], settings: KandinskySettings | None) -> KandinskySettings:
-        """The settings to use, after refusing a call that cannot run before any network does."""
+    def _check(self, inputs: list, seeds: list[int], settings: KandinskySettings | None,
+               operation: str = "generate") -> KandinskySettings:
+        """The settings to use for `operation`, after refusing a call that cannot run before any network does."""
         self._pair(inputs, seeds)
+        self._refuse(operation)
         s = settings or self.defaults
         schedule.timesteps(s.prior_steps, self.parts.prior_scheduler)
         ddpm.timesteps(s.decoder_steps, self.parts.scheduler)
@@ -278,23 +325,24 @@ class Kandinsky(Model):
             return sample_stage(denoise, x, steps, noise, loop)
 
     def _decoder_model(self, image_embeds: torch.Tensor, negative_embeds: torch.Tensor,
-                       settings: KandinskySettings) -> Denoiser:
-        """The decoder UNet as a denoiser (x_t, t, i), conditioned on image embeddings [B, D] and guided away from
-        `negative_embeds` [B, D] when `settings.decoder_guidance` > 1."""
+                       settings: KandinskySettings, extra: torch.Tensor | None = None) -> Denoiser:
+        """The decoder UNet as a denoiser (x_t [B, C, h, w], t, i), conditioned on image embeddings [B, D] and guided
+        away from `negative_embeds` [B, D] when `settings.decoder_guidance` > 1. `extra` [B, E, h, w] is concatenated
+        to x_t before the UNet (the inpainting decoder's masked latents and keep mask, E = C + 1)."""
         unet, config = self.parts.unet, self.parts.scheduler
         guided_ = settings.decoder_guidance > 1.0
-        channels = unet.config.in_channels
         embeds = torch.cat([negative_embeds, image_embeds]) if guided_ else image_embeds
+        extras = None if extra is None else torch.cat([extra, extra]) if guided_ else extra  # as x_t's rows
 
         def model(x: torch.Tensor, t: int) -> torch.Tensor:
-            return unet(x, t, image_embeds=embeds)
+            return unet(x if extras is None else torch.cat([x, extras], dim=1), t, image_embeds=embeds)
 
         run = guided(model, settings.decoder_guidance, learned_variance=True) if guided_ else model
 
         def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
             out = run(x, t)
             # A scheduler without learned variance reads only the ε half, as the reference drops the other.
-            return out if ddpm.learns_variance(config) else out[:, :channels]
+            return out if ddpm.learns_variance(config) else out[:, :x.shape[1]]
 
         return denoise
 

@@ -3,13 +3,13 @@ prior 25 steps at guidance 4, decoder 100 steps at guidance 4, no negative promp
 
 from dataclasses import dataclass
 
-from ...settings import Settings, candidates, eta, guidance, pixels, steps, text
+from ...settings import Settings, candidates, eta, guidance, pixels, steps, strength, text
 
 
 @dataclass(frozen=True)
 class KandinskySettings(Settings):
     """Steps and guidance of the prior and the latent decoder, the image size, a negative prompt, the prior's
-    candidates per image and the DDIM η of inverted variations."""
+    candidates per image, the DDIM η of inverted variations and an edit's strength (image to image)."""
 
     prior_steps: int = steps(25, "prior", "Prior steps.")
     decoder_steps: int = steps(100, "decoder", "Decoder steps.")
@@ -20,3 +20,4 @@ class KandinskySettings(Settings):
     negative_prompt: str = text("", "What the images should not show (the prior's unconditional prompt).", "prior")
     prior_candidates: int = candidates(1, "prior")
     eta: float | None = eta("invert")
+    strength: float | None = strength("edit")

@@ -14,7 +14,7 @@ FAMILY = Family(
     settings=UnCLIPSettings,
     operations={"generate": ("prior", "decoder", "super_res"), "vary": ("encode", "invert", "decoder", "super_res"),
                 "interpolate": ("prior", "encode", "decoder", "super_res"),
-                "text_diff": ("encode", "decoder", "super_res")},
+                "text_diff": ("encode", "decoder", "super_res"), "edit": ("prior", "edit", "decoder", "super_res")},
     roles=("model", "image_encoder"),
     loader="dalle_cli.families.unclip.pipeline:load_model",
 )
