@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..sources import ModelSource
 from .naming import render_name, slugify
 
-MANIPULATIONS = {"interpolate": "interp", "text_diff": "diff"}  # record key -> the command that made the frame
+MANIPULATIONS = {"interpolate": "interp", "text_diff": "diff", "edit": "edit"}  # record key -> the command
 RECORD_KEYS = ("path", "index", "model", "repo_id", "revision", "model_path", "seconds", "dalle")
 
 

@@ -1,4 +1,4 @@
-"""The `dalle` commands: gen, vary, interp, diff, pull, models and info.
+"""The `dalle` commands: gen, vary, interp, diff, edit, pull, models and info.
 
 Results go to stdout (one JSON record per image with --json, else the paths written); everything meant for people goes
 to stderr: notices, warnings, progress (a rich bar on a terminal, plain lines otherwise) and errors, one line each
@@ -192,6 +192,26 @@ def diff(
     run(image, to, baseline, amount, frames, only, animation.value, common=common, settings=settings)
 
 
+def edit(
+    image: Annotated[str, typer.Argument(help="The picture to edit.", show_default=False)],
+    prompt: Annotated[str, typer.Argument(help="What the edited picture shows.", show_default=False)],
+    mask: Annotated[Optional[str], typer.Option("--mask", metavar="MASK", show_default=False,
+                                                help="Where to repaint: white in a greyscale mask, or transparent "
+                                                     "in one with transparency (a picture with transparency is its "
+                                                     "own mask). Without a mask: image to image at --strength.")
+                    ] = None,
+    invert_mask: Annotated[bool, typer.Option("--invert-mask", help="Repaint what the mask keeps instead.")] = False,
+    only: Annotated[Optional[int], typer.Option("--only", metavar="IMAGE", show_default=False,
+                                                help="Make only this image (from 0), in its batch, as its record's "
+                                                     "command does.")] = None,
+    *, common: Common, settings: dict[str, Any],
+) -> None:
+    """Repaint the masked region of a picture from a prompt, or remake the picture from it (image to image)."""
+    from .edit import edit as run
+
+    run(image, prompt, mask, invert_mask, only, common=common, settings=settings)
+
+
 def pull(
     model: Annotated[str, typer.Argument(help="Registry alias or hub id owner/name[@revision].", show_default=False)],
     offline: OfflineOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
@@ -301,6 +321,7 @@ def make_app(families: Iterable[Family] = FAMILIES.values()) -> typer.Typer:
     app.command()(image_command("vary", families)(vary))
     app.command()(image_command("interpolate", families, omit=ONE_SEQUENCE)(interp))
     app.command()(image_command("text_diff", families, omit=ONE_SEQUENCE)(diff))
+    app.command()(image_command("edit", families, omit=("skip_existing", "grid"))(edit))
     for command in (pull, models, info):
         app.command()(command)
     return app

@@ -141,8 +141,8 @@ class Run:
             self.written.append(path)
             self.display.result({**record, "path": str(path)})
 
-    def finish(self, animation: str, stem: str) -> None:
-        """The contact sheet and the animation of every frame written, then the summary line."""
+    def finish(self, animation: str | None, stem: str, noun: str = "frame") -> None:
+        """The contact sheet and the animation (unless None) of every frame written, then the summary line."""
         from PIL import Image
 
         from .outputs import contact_sheet, write_png
@@ -156,11 +156,12 @@ class Run:
                               self.common.out / f"{stem}-grid.png", {"grid": [str(p) for p in self.written],
                                                                      "dalle": __version__})
             self.display.note(f"contact sheet: {sheet}")
+        if len(frames) > 1 and animation is not None:
             moving = self.common.out / f"{stem}.{animation}"
             options = {"lossless": True} if animation == "webp" else {}
             frames[0].save(moving, save_all=True, append_images=frames[1:], duration=FRAME_MS, loop=0, **options)
             self.display.note(f"animation: {moving}")
-        self.display.note(f"{len(self.written)} frame{'s' * (len(self.written) != 1)} written to {self.common.out}")
+        self.display.note(f"{len(self.written)} {noun}{'s' * (len(self.written) != 1)} written to {self.common.out}")
 
 
 def frames_in_batches(count: int, size: int, only: int | None) -> list[list[int]]:

@@ -11,7 +11,8 @@ from PIL import Image
 from ..api import ModelInfo, ProgressCallback
 from ..errors import OutOfMemoryError, UsageError
 from ..diffusion.slerp import slerp
-from ..images import to_pil
+from ..images import fit, to_pil
+from ..masks import feather, feather_width, fit_mask, has_transparency, paste, read_mask
 from ..settings import Settings
 from ..sources import ModelSource
 from .latent import Latent, diff_target, frame_thetas, stack
@@ -26,7 +27,7 @@ class Model:
     dtype it runs in. `source`, when given, is where its parts come from, so a part needed later (an image encoder)
     can be fetched (announced through `on_notice`); `info` is then read from it, else `info` is given. A family's
     model subclasses this with its stages and the methods under "What each family implements"; the operations
-    (generate, vary, interpolate, text_diff) are composed here from those."""
+    (generate, vary, interpolate, text_diff, edit) are composed here from those."""
 
     def __init__(self, parts: Any, info: ModelInfo | None, defaults: Settings, device: torch.device,
                  dtype: torch.dtype, low_vram: bool = False, source: ModelSource | None = None,
@@ -168,6 +169,51 @@ class Model:
         batch = stack(frames)
         return self.render(batch.embeds, batch.noises, [0] * len(batch), s, progress=progress)
 
+    def edit(self, images: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int],
+             settings: Settings | None = None, *, masks: Sequence[Image.Image] | None = None,
+             invert_mask: bool = False, progress: ProgressCallback | None = None) -> list[Image.Image]:
+        """Each picture edited towards its prompt with its seed (one generator per image, drawn in the family's
+        order): repainted where its mask says (`dalle_cli.masks` reads both conventions; `invert_mask` flips it),
+        or, without masks, noised to `settings.strength` and denoised (image to image). Without masks, pictures
+        with transparency are their own masks, as OpenAI's images API reads them. Pictures are centre-cropped to
+        the model's aspect ratio and resized to its edit size (`edit_size`); outside the mask the result is the
+        picture itself, blended over a band `masks.feather_width` pixels wide inside the mask's edge."""
+        return to_pil(self.edit_pixels(images, prompts, seeds, settings, masks=masks, invert_mask=invert_mask,
+                                       progress=progress))
+
+    def edit_pixels(self, images: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int],
+                    settings: Settings | None = None, *, masks: Sequence[Image.Image] | None = None,
+                    invert_mask: bool = False, progress: ProgressCallback | None = None) -> torch.Tensor:
+        """As `edit`, the images as one float tensor [B, 3, H, W] in [-1, 1] on the model's device."""
+        images = list(images)
+        if len(images) != len(prompts):
+            raise UsageError(f"{len(images)} pictures but {len(prompts)} prompts: give one prompt per picture")
+        self._pair(images, list(seeds))
+        if masks is None:
+            own = [has_transparency(image) for image in images]
+            if any(own) and not all(own):
+                raise UsageError("some pictures have transparency and some do not: give masks, or edit them apart")
+            masks = images if all(own) else None
+        if masks is not None and len(masks) != len(images):
+            raise UsageError(f"{len(images)} pictures but {len(masks)} masks: give one mask per picture")
+        s = self.edit_settings(settings, masks is not None)
+        width, height = self.edit_size(s)
+        pixels = fit(images, width, height)  # [B, 3, H, W]
+        if masks is None:
+            return self.edit_tensors(pixels, None, prompts, seeds, s, progress=progress)
+        repaint = torch.cat([fit_mask(read_mask(m, invert_mask), image.size, width, height)
+                             for m, image in zip(masks, images)])  # [B, 1, H, W], 1 = repaint
+        edited = self.edit_tensors(pixels, repaint, prompts, seeds, s, progress=progress)
+        return paste(edited, pixels, feather(repaint, feather_width(width, height)))
+
+    def edit_settings(self, settings: Settings | None, masked: bool) -> Settings:
+        """The settings an edit runs with: `settings` (else the defaults), with the family's image-to-image
+        strength (`img2img_strength`) when there is no mask and no strength: what an edit's record holds."""
+        s = self._settings(settings)
+        if not masked and s.strength is None:  # type: ignore[attr-defined]
+            return s.updated({"strength": self.img2img_strength}, "settings")
+        return s
+
     def path_latents(self, inputs: Sequence[Image.Image | str | Latent], seed: int, settings: Settings | None = None,
                      *, noise: str = "fixed", progress: ProgressCallback | None = None) -> list[Latent]:
         """The latents `interpolate` blends, one row each, to pass to it again for more frames of the same path:
@@ -222,6 +268,23 @@ class Model:
     def invert(self, images: Sequence[Image.Image], settings: Settings | None = None, *,
                progress: ProgressCallback | None = None) -> Latent:
         """The pictures' latents: their embeddings and their noises found by DDIM inversion (paper §3)."""
+        raise NotImplementedError
+
+    img2img_strength = 0.5  # the strength of an edit without a mask or a strength; each family sets its own
+
+    def edit_size(self, settings: Settings | None = None) -> tuple[int, int]:
+        """(width, height) the pictures of an edit are fitted to."""
+        raise NotImplementedError
+
+    def edit_tensors(self, pixels: torch.Tensor, masks: torch.Tensor | None, prompts: Sequence[str],
+                     seeds: Sequence[int], settings: Settings | None = None, *,
+                     progress: ProgressCallback | None = None) -> torch.Tensor:
+        """The family's edit of pictures [B, 3, H, W] in [-1, 1] at `edit_size`, where `masks` [B, 1, H, W] is 1
+        (None: image to image at `settings.strength`), before the picture is pasted back: [B, 3, H, W]."""
+        raise NotImplementedError
+
+    def edit_events(self, settings: Settings, masked: bool) -> int:
+        """The progress events one batch of `edit` reports, with a mask or without."""
         raise NotImplementedError
 
     def render(self, embeds: torch.Tensor, noises: tuple[torch.Tensor, ...] | None, seeds: Sequence[int],

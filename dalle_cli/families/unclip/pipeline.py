@@ -36,7 +36,7 @@ from ...engine.text import TextConditioning, encode_text
 from ...errors import UsageError
 from ...images import fit, preprocess
 from ...sources import ModelSource
-from . import FAMILY
+from . import FAMILY, edits
 from .components import load_components, load_image_encoder
 from .settings import UnCLIPSettings
 
@@ -72,9 +72,9 @@ class UnCLIP(Model):
         when this model cannot do it."""
         if operation not in FAMILY.operations:
             raise UsageError(f"{self.info.name} cannot {operation} (it can {', '.join(FAMILY.operations)})")
-        if operation == "generate" and self.parts.prior is None:
+        if operation in ("generate", "edit") and self.parts.prior is None:
             raise UsageError(f"{self.info.name} has no prior, so it makes variations only", hint="vary")
-        if operation != "generate":
+        if operation not in ("generate", "edit"):
             self._image_encoder(operation)
 
     def _image_encoder(self, operation: str = "vary") -> None:
@@ -119,6 +119,30 @@ class UnCLIP(Model):
             small = self.decode(image_embeds, text, noise, s, progress=report)
             return self.upscale(small, noise, s, progress=report)
 
+    img2img_strength = 0.5  # an edit's strength without a mask or a strength given, chosen on shapes (benchmarks/)
+
+    def edit_size(self, settings: UnCLIPSettings | None = None) -> tuple[int, int]:
+        """(width, height) an edit runs at: the output size."""
+        return self.output_size, self.output_size
+
+    def edit_tensors(self, pixels: torch.Tensor, masks: torch.Tensor | None, prompts: Sequence[str],
+                     seeds: Sequence[int], settings: UnCLIPSettings | None = None, *,
+                     progress: ProgressCallback | None = None) -> torch.Tensor:
+        """Pictures [B, 3, S, S] in [-1, 1] at `edit_size` repainted where `masks` [B, 1, S, S] is 1 (RePaint), or
+        without masks noised to `settings.strength` and denoised (SDEdit), towards the prompts; see `edits`. The
+        pixels outside the masks are the model's, close to the picture's: `Model.edit` pastes the picture back."""
+        s = self._check(list(prompts), list(seeds), settings, "edit")
+        if masks is None and s.strength is None:
+            raise UsageError("an edit needs a mask, a strength, or both")
+        return edits.edit(self, pixels, masks, prompts, seeds, s, progress or _silent)
+
+    def edit_events(self, settings: UnCLIPSettings, masked: bool) -> int:
+        """The progress events of one `edit` batch: the prior's, the picture's, the decoder's calls along its walk
+        and the super-resolution steps."""
+        s = settings
+        return (s.prior_steps * s.prior_candidates + 1 + edits.calls(s.decoder_steps, s.strength, s.resample, masked)
+                + s.sr_steps)
+
     def prompt_embeddings(self, prompts: list[str], seeds: list[int], settings: UnCLIPSettings, *,
                           progress: ProgressCallback | None = None) -> torch.Tensor:
         """The prior's image embeddings [B, D] of prompts, each drawn from its seed as `generate` draws it."""
@@ -137,7 +161,7 @@ class UnCLIP(Model):
         self._pair(inputs, seeds)
         self.prepare(operation)
         s = settings or self.defaults
-        if operation == "generate":
+        if operation in ("generate", "edit"):
             schedule.timesteps(s.prior_steps, self.parts.prior_scheduler)
         schedule.timesteps(s.decoder_steps, self.parts.decoder_scheduler)
         schedule.timesteps(s.sr_steps, self.parts.super_res_scheduler)
