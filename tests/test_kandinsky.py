@@ -38,23 +38,27 @@ def monkeypatch_module(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN20
     patch.undo()
 
 
-@pytest.fixture(scope="module")
-def combined(tiny_kandinsky_reference) -> KandinskyV22CombinedPipeline:  # noqa: ANN001
-    prior, decoder = tiny_kandinsky_reference.prior, tiny_kandinsky_reference.decoder
-    pipe = KandinskyV22CombinedPipeline(
-        unet=decoder.unet, scheduler=decoder.scheduler, movq=decoder.movq, prior_prior=prior.prior,
-        prior_image_encoder=prior.image_encoder, prior_text_encoder=prior.text_encoder, prior_tokenizer=prior.tokenizer,
-        prior_scheduler=prior.scheduler, prior_image_processor=prior.image_processor,
-    )
+def combined_pipeline(kind: type, decoder, prior):  # noqa: ANN001, ANN201
+    """A diffusers combined pipeline of `kind` from a decoder pipeline and the prior pipeline's parts."""
+    pipe = kind(unet=decoder.unet, scheduler=decoder.scheduler, movq=decoder.movq, prior_prior=prior.prior,
+                prior_image_encoder=prior.image_encoder, prior_text_encoder=prior.text_encoder,
+                prior_tokenizer=prior.tokenizer, prior_scheduler=prior.scheduler,
+                prior_image_processor=prior.image_processor)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def _generators(seeds: list[int]) -> list[torch.Generator]:
+@pytest.fixture(scope="module")
+def combined(tiny_kandinsky_reference) -> KandinskyV22CombinedPipeline:  # noqa: ANN001
+    return combined_pipeline(KandinskyV22CombinedPipeline, tiny_kandinsky_reference.decoder,
+                             tiny_kandinsky_reference.prior)
+
+
+def generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
 
-def _as_numpy(images: torch.Tensor) -> np.ndarray:
+def as_numpy(images: torch.Tensor) -> np.ndarray:
     """Our [-1, 1] NCHW tensor as the reference's output_type="np" array: [0, 1] NHWC."""
     return (images * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
@@ -78,12 +82,12 @@ TEXT_CASES = [
 @pytest.mark.parametrize("prompts,seeds,settings", TEXT_CASES)
 def test_text_to_image_matches_the_combined_pipeline(model, combined, prompts, seeds, settings) -> None:  # noqa: ANN001
     ref = combined(
-        prompt=prompts, negative_prompt=settings.negative_prompt or None, generator=_generators(seeds),
+        prompt=prompts, negative_prompt=settings.negative_prompt or None, generator=generators(seeds),
         prior_num_inference_steps=settings.prior_steps, num_inference_steps=settings.decoder_steps,
         prior_guidance_scale=settings.prior_guidance, guidance_scale=settings.decoder_guidance,
         width=settings.width, height=settings.height, output_type="np",
     ).images
-    _assert_close_and_informative(_as_numpy(model.generate_tensors(prompts, seeds, settings)), ref)
+    _assert_close_and_informative(as_numpy(model.generate_tensors(prompts, seeds, settings)), ref)
 
 
 def _pictures() -> list[Image.Image]:
@@ -101,10 +105,10 @@ def test_variations_match_the_decoder_pipeline(model, tiny_kandinsky_reference, 
         pixels = prior.image_processor(pictures, return_tensors="pt").pixel_values
         embeds = torch.cat([prior.image_encoder(p[None]).image_embeds for p in pixels])
         zero = prior.get_zero_embed(len(pictures))
-    ref = decoder(image_embeds=embeds, negative_image_embeds=zero, generator=_generators(seeds),
+    ref = decoder(image_embeds=embeds, negative_image_embeds=zero, generator=generators(seeds),
                   num_inference_steps=settings.decoder_steps, guidance_scale=settings.decoder_guidance,
                   width=settings.width, height=settings.height, output_type="np").images
-    _assert_close_and_informative(_as_numpy(model.vary_tensors(pictures, seeds, settings)), ref)
+    _assert_close_and_informative(as_numpy(model.vary_tensors(pictures, seeds, settings)), ref)
 
 
 def test_an_image_depends_on_its_seed_not_its_batch(model) -> None:  # noqa: ANN001

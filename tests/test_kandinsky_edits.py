@@ -32,6 +32,7 @@ from dalle_cli.families.kandinsky import edits
 from dalle_cli.families.kandinsky.settings import KandinskySettings as Settings
 from dalle_cli.models.unet import UNet, UNetConfig
 from dalle_cli.registry import COMMIT_SHA, DEFAULT_PATH, load_registry
+from test_kandinsky import as_numpy, combined_pipeline, generators
 from test_kandinsky_unet import real_config
 
 # diffusers' image processor warns about [-1, 1] tensors, which it then takes as they are (no normalisation).
@@ -74,29 +75,11 @@ def img2img_pipe(tiny_kandinsky_reference) -> KandinskyV22Img2ImgPipeline:  # no
     return pipe
 
 
-def _combined(kind: type, decoder, prior):  # noqa: ANN001, ANN202
-    pipe = kind(unet=decoder.unet, scheduler=decoder.scheduler, movq=decoder.movq, prior_prior=prior.prior,
-                prior_image_encoder=prior.image_encoder, prior_text_encoder=prior.text_encoder,
-                prior_tokenizer=prior.tokenizer, prior_scheduler=prior.scheduler,
-                prior_image_processor=prior.image_processor)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _generators(seeds: list[int]) -> list[torch.Generator]:
-    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
-
-
-def _as_numpy(images: torch.Tensor) -> np.ndarray:
-    """Our [-1, 1] NCHW tensor as the reference's output_type="np" array: [0, 1] NHWC."""
-    return (images * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-
-
 def _assert_close(ours: torch.Tensor, ref: np.ndarray) -> float:
     """Ours equals the reference to TOL, and the reference is an image (not flat, not saturated); returns max |Δ|."""
     assert ours.shape == (ref.shape[0], ref.shape[3], ref.shape[1], ref.shape[2])
     assert ((ref > 0.01) & (ref < 0.99)).mean() > 0.5 and ref.std() > 0.01
-    delta = float(np.abs(_as_numpy(ours) - ref).max())
+    delta = float(np.abs(as_numpy(ours) - ref).max())
     assert delta <= TOL, delta
     return delta
 
@@ -148,7 +131,7 @@ def test_inpainting_matches_the_inpaint_pipeline(inpaint_model, inpaint_pipe, se
 
     def reference(i: slice, pictures: torch.Tensor, masks: torch.Tensor, seeds: list[int]) -> np.ndarray:
         return inpaint_pipe(image_embeds=embeds[i], negative_image_embeds=negative[i], image=pictures.clone(),
-                            mask_image=masks.clone(), generator=_generators(seeds),
+                            mask_image=masks.clone(), generator=generators(seeds),
                             num_inference_steps=settings.decoder_steps, guidance_scale=settings.decoder_guidance,
                             width=w, height=h, output_type="np").images
 
@@ -175,7 +158,7 @@ def test_image_to_image_matches_the_img2img_pipeline(model, img2img_pipe, settin
     pixels = _pictures(2, h, w)
     embeds, negative = _embeddings(2)
     ref = img2img_pipe(image_embeds=embeds, negative_image_embeds=negative, image=pixels.clone(),
-                       strength=settings.strength, generator=_generators(seeds),
+                       strength=settings.strength, generator=generators(seeds),
                        num_inference_steps=settings.decoder_steps, guidance_scale=settings.decoder_guidance,
                        output_type="np", **_swapped(settings)).images
     with torch.inference_mode():
@@ -193,7 +176,7 @@ def _combined_reference(pipe, prompts: list[str], seeds: list[int], settings: Se
             _combined_reference(pipe, prompts[i:i + 1], seeds[i:i + 1], settings,
                                 **{k: v[i:i + 1] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
             for i in range(len(prompts))])
-    return pipe(prompt=prompts, negative_prompt=_negative(settings, prompts), generator=_generators(seeds),
+    return pipe(prompt=prompts, negative_prompt=_negative(settings, prompts), generator=generators(seeds),
                 prior_num_inference_steps=settings.prior_steps, num_inference_steps=settings.decoder_steps,
                 prior_guidance_scale=settings.prior_guidance, guidance_scale=settings.decoder_guidance,
                 output_type="np", **{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
@@ -206,7 +189,7 @@ def test_inpaint_edits_match_the_combined_pipeline(inpaint_model, inpaint_pipe, 
                                                    tiny_kandinsky_reference, settings: Settings) -> None:
     prompts, seeds, h, w = ["a hat", "a red ball"], [5, 6], settings.height, settings.width
     pixels, masks = _pictures(1, h, w).expand(2, -1, -1, -1), _masks(1, h, w).expand(2, -1, -1, -1)
-    combined = _combined(KandinskyV22InpaintCombinedPipeline, inpaint_pipe, tiny_kandinsky_reference.prior)
+    combined = combined_pipeline(KandinskyV22InpaintCombinedPipeline, inpaint_pipe, tiny_kandinsky_reference.prior)
     ref = _combined_reference(combined, prompts, seeds, settings, image=pixels, mask_image=masks, width=w, height=h)
     _assert_close(inpaint_model.edit_tensors(pixels, masks, prompts, seeds, settings), ref)
 
@@ -217,7 +200,7 @@ def test_image_to_image_edits_match_the_combined_pipeline(model, tiny_kandinsky_
                                                           settings: Settings) -> None:
     prompts, seeds = ["a hat", "a red ball"], [5, 6]
     pixels = _pictures(2, settings.height, settings.width)
-    combined = _combined(KandinskyV22Img2ImgCombinedPipeline, tiny_kandinsky_reference.decoder,
+    combined = combined_pipeline(KandinskyV22Img2ImgCombinedPipeline, tiny_kandinsky_reference.decoder,
                          tiny_kandinsky_reference.prior)
     ref = _combined_reference(combined, prompts, seeds, settings, image=pixels, strength=settings.strength,
                               **_swapped(settings))

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..api import Progress, ProgressCallback
 from ..diffusion import ddim, sampler, schedule
 
 
@@ -76,3 +77,19 @@ def invert_stage(denoise: sampler.Denoiser, x0: torch.Tensor, steps: list[int], 
     x0_model = config.prediction_type == "sample"
     return ddim.invert(denoise, x0, steps, tables, config, on_step, clean_at=0 if x0_model else -1,
                        refine=INVERSION_REFINE, clean_x0=x0_model)
+
+
+def reporting(denoise: sampler.Denoiser, stage: str, steps: int, images: int, progress: ProgressCallback | None,
+              offset: int = 0) -> sampler.Denoiser:
+    """`denoise`, reporting one progress event of `stage` per call (for `images` images), numbered on from
+    `offset` + 1 of `steps`."""
+    calls = [offset]
+
+    def reported(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
+        out = denoise(x, t, i)
+        calls[0] += 1
+        if progress is not None:
+            progress(Progress(stage, calls[0], steps, 0, images, images))
+        return out
+
+    return reported

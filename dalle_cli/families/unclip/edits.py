@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ...api import Progress, ProgressCallback
 from ...diffusion import repaint, sampler, schedule
 from ...diffusion.sampler import Denoiser
-from ...engine.noise import ImageNoise
+from ...engine.noise import ImageNoise, reporting
 from .settings import UnCLIPSettings
 
 if TYPE_CHECKING:
@@ -56,18 +56,6 @@ def calls(steps: int, strength: float | None, resample: int, masked: bool) -> in
     return sum(b > a for a, b in zip(path, path[1:]))
 
 
-def _reported(denoise: Denoiser, stage: str, total: int, images: int, progress: ProgressCallback) -> Denoiser:
-    done = [0]
-
-    def reported(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
-        out = denoise(x, t, i)
-        done[0] += 1
-        progress(Progress(stage, done[0], total, 0, images, images))
-        return out
-
-    return reported
-
-
 def edit(model: "UnCLIP", pixels: torch.Tensor, masks: torch.Tensor | None, prompts: Sequence[str],
          seeds: Sequence[int], s: UnCLIPSettings, progress: ProgressCallback) -> torch.Tensor:
     """The edited pictures [B, 3, S, S] in [-1, 1] of pictures [B, 3, S, S] in [-1, 1] at the model's output size,
@@ -89,13 +77,13 @@ def edit(model: "UnCLIP", pixels: torch.Tensor, masks: torch.Tensor | None, prom
         start = noise.start(tuple(small.shape[1:]), model.dtype, model.device) if s.strength is None else None
         model.residency.hold(parts.text_proj, parts.decoder)
         total = calls(s.decoder_steps, s.strength, s.resample, masks is not None)
-        denoise = _reported(model._decoder_model(embeds, text, s), "decoder", total, n, progress)
+        denoise = reporting(model._decoder_model(embeds, text, s), "decoder", total, n, progress)
         small = run_stage(denoise, small, steps, config, noise, start, keep_small, s.resample).clamp(-1, 1)
         if masks is None:
             return model.upscale(small, noise, s, progress=progress)
         model.residency.hold(parts.super_res_first)
         config = parts.super_res_scheduler
         steps = schedule.timesteps(s.sr_steps, config)
-        denoise = _reported(model._super_res_model(small, len(steps)), "super_res", len(steps), n, progress)
+        denoise = reporting(model._super_res_model(small, len(steps)), "super_res", len(steps), n, progress)
         x_T = noise.start(tuple(pixels.shape[1:]), model.dtype, model.device)
         return run_stage(denoise, pixels, steps, config, noise, x_T, 1 - masks, 1)

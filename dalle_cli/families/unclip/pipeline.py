@@ -30,7 +30,7 @@ from ...diffusion import ddim, schedule
 from ...diffusion.sampler import Denoiser
 from ...diffusion.guidance import guided
 from ...engine.latent import Latent, best_of
-from ...engine.noise import ImageNoise, ddim_stage, invert_stage, sample_stage, unclip_loop
+from ...engine.noise import ImageNoise, ddim_stage, invert_stage, reporting, sample_stage, unclip_loop
 from ...engine.model import Model
 from ...engine.text import TextConditioning, encode_text
 from ...errors import UsageError
@@ -43,21 +43,6 @@ from .settings import UnCLIPSettings
 
 def _silent(event: Progress) -> None:
     """The progress callback when the caller gives none."""
-
-
-def _reporting(denoise: Denoiser, stage: str, steps: int, images: int, progress: ProgressCallback | None,
-               offset: int = 0) -> Denoiser:
-    """`denoise`, reporting one progress event of `stage` per call, numbered on from `offset` + 1 of `steps`."""
-    report = progress or _silent
-    calls = [offset]
-
-    def reported(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
-        out = denoise(x, t, i)
-        calls[0] += 1
-        report(Progress(stage, calls[0], steps, 0, images, images))
-        return out
-
-    return reported
 
 
 class UnCLIP(Model):
@@ -207,7 +192,7 @@ class UnCLIP(Model):
                              attention_mask=text.mask)
 
             run = guided(model, settings.prior_guidance) if text.guided else model
-            denoise = _reporting(lambda x, t, i: run(x, t), "prior", count * len(steps), len(noise), progress)
+            denoise = reporting(lambda x, t, i: run(x, t), "prior", count * len(steps), len(noise), progress)
             candidates = []
             for _ in range(count):
                 x = noise.start((prior.config.embedding_dim,), text.embeds.dtype, self.device)
@@ -227,7 +212,7 @@ class UnCLIP(Model):
         with self._running():
             self.residency.hold(parts.text_proj, parts.decoder)
             steps = self._steps(settings.decoder_steps, config, eta is not None)
-            denoise = _reporting(self._decoder_model(image_embeds, text, settings), "decoder", len(steps), len(noise),
+            denoise = reporting(self._decoder_model(image_embeds, text, settings), "decoder", len(steps), len(noise),
                                  progress)
             size = parts.decoder.config.sample_size
             x = x_T if x_T is not None else noise.start((parts.decoder.config.in_channels, size, size), self.dtype,
@@ -263,7 +248,7 @@ class UnCLIP(Model):
         with self._running():
             self.residency.hold(parts.super_res_first)
             steps = self._steps(settings.sr_steps, config, eta is not None)
-            denoise = _reporting(self._super_res_model(images, len(steps)), "super_res", len(steps), len(noise),
+            denoise = reporting(self._super_res_model(images, len(steps)), "super_res", len(steps), len(noise),
                                  progress)
             size = parts.super_res_first.config.sample_size
             x = x_T if x_T is not None else noise.start((parts.super_res_first.config.in_channels // 2, size, size),
