@@ -196,3 +196,18 @@ def test_a_picture_with_transparency_is_its_own_mask(shapes, picture: Image.Imag
     assert torch.equal(own, given)
     with pytest.raises(UsageError, match="some pictures have transparency"):
         shapes.edit_pixels([holed, picture], prompt * 2, [5, 6])
+
+
+def test_karlo_layout_edits_repaint_through_both_super_resolution_unets(tiny_karlo) -> None:  # noqa: ANN001
+    model = load(str(tiny_karlo), device="cpu")
+    size = model.output_size
+    picture = Image.new("RGB", (size, size), (200, 30, 30))
+    calls: list[Progress] = []
+    settings = model.defaults.updated({"prior_steps": 2, "decoder_steps": 3, "sr_steps": 2, "resample": 2}, "test")
+    edited = model.edit_pixels([picture], ["a cat"], [4], settings, masks=[_left_half(picture.size)],
+                               progress=calls.append)
+    source = fit([picture], size, size)
+    assert torch.equal(edited[..., size // 2:], source[..., size // 2:])
+    assert not torch.allclose(edited[..., :size // 2 - 1], source[..., :size // 2 - 1], atol=0.1)
+    assert len(calls) == model.edit_events(settings, True)
+    assert [e.steps for e in calls if e.stage == "decoder"][0] == 5  # 3 steps, and the 2 that end on a noisy timestep once more
