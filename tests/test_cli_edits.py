@@ -1,15 +1,19 @@
 """`dalle edit` in process: on the shipped `shapes` model (RePaint and image to image) and on the tiny Kandinsky 2.2
 with its inpainting decoder; records that make an edit again, and bad input as one error line with exit code 2."""
 
+import inspect
 import json
 import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
+from diffusers import KandinskyV22Img2ImgPipeline
 from PIL import Image
 
 from dalle_cli.cli.outputs import read_record
+from dalle_cli.families.kandinsky.pipeline import Kandinsky
+from dalle_cli.families.unclip.pipeline import UnCLIP
 from test_cli import dalle, one_error_line, pixels
 
 FAST = ["-m", "shapes", "--decoder-steps", "4", "--sr-steps", "3"]
@@ -83,7 +87,7 @@ def test_image_to_image_records_its_strength(source: Path, tmp_path: Path) -> No
                  "-o", tmp_path)
     assert made.exit_code == 0, made.output
     record = json.loads(made.stdout)
-    assert record["settings"]["strength"] == 0.5 and "mask" not in record
+    assert record["settings"]["strength"] == UnCLIP.img2img_strength and "mask" not in record
     stronger = dalle("edit", source, "a yellow circle", "--strength", 1, "--seed", 1, *FAST, "--json", "-o",
                      tmp_path / "b")
     assert json.loads(stronger.stdout)["settings"]["strength"] == 1.0
@@ -128,7 +132,8 @@ def test_kandinsky_edits_and_what_each_decoder_refuses(tiny_kandinsky: tuple[Pat
     assert np.abs(edited[outside] - 255).max() <= 2
     img2img = dalle("edit", picture, "a cat", "-m", decoder, "--prior", prior, *steps, "--json", "-o", tmp_path / "b")
     assert img2img.exit_code == 0, img2img.output
-    assert json.loads(img2img.stdout)["settings"]["strength"] == 0.3
+    reference = inspect.signature(KandinskyV22Img2ImgPipeline.__call__).parameters["strength"].default
+    assert json.loads(img2img.stdout)["settings"]["strength"] == Kandinsky.img2img_strength == reference
     one_error_line(dalle("edit", picture, "a cat", "--mask", mask, "--strength", 0.5, *inpaint, *steps, "-o",
                          tmp_path / "c"), 2, "cannot use both")
     one_error_line(dalle("edit", picture, "a cat", "--mask", mask, "-m", decoder, "--prior", prior, *steps, "-o",

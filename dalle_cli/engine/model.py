@@ -270,7 +270,7 @@ class Model:
         """The pictures' latents: their embeddings and their noises found by DDIM inversion (paper §3)."""
         raise NotImplementedError
 
-    img2img_strength = 0.5  # the strength of an edit without a mask or a strength; each family sets its own
+    img2img_strength: float  # the strength of an edit without a mask or a strength: each family sets its own
 
     def edit_size(self, settings: Settings | None = None) -> tuple[int, int]:
         """(width, height) the pictures of an edit are fitted to."""

@@ -104,7 +104,7 @@ class UnCLIP(Model):
             small = self.decode(image_embeds, text, noise, s, progress=report)
             return self.upscale(small, noise, s, progress=report)
 
-    img2img_strength = 0.5  # an edit's strength without a mask or a strength given, chosen on shapes (benchmarks/)
+    img2img_strength = 0.75  # an edit's strength without a mask or a strength, chosen on shapes (benchmarks/)
 
     def edit_size(self, settings: UnCLIPSettings | None = None) -> tuple[int, int]:
         """(width, height) an edit runs at: the output size."""
