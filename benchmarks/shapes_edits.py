@@ -40,7 +40,8 @@ and their captions are drawn from the same random stream after the scene caption
 `--tune` runs on other seeds (its own `--seed` default, `--n` 40) with R = 1, 2, 4 and strengths 0.25, 0.375,
 0.5, 0.625, 0.75, 1.0. Prints one table per section with n, the rates (%), the targets and the seconds per edit,
 then the total time. Everything is deterministic from the seeds. `--save DIR` writes the first few edits of each
-row as PNGs (input | mask | output, 4x nearest) with their captions in DIR/captions.txt.
+row and its first few failures ("all three", "both") as PNGs (input | mask | output, 4x nearest) with their
+captions and verdicts in DIR/captions.txt.
 """
 
 import argparse
@@ -128,19 +129,23 @@ def pixels_255(image: Image.Image) -> torch.Tensor:
 
 
 def save_examples(directory: Path | None, label: str, items: list[tuple[Image.Image, Image.Image | None,
-                                                                        Image.Image, str, str]]) -> None:
-    """input | mask | output side by side (4x nearest), and each edit's captions and verdict in captions.txt."""
+                                                                        Image.Image, str, str]],
+                  passed: Sequence[bool]) -> None:
+    """The first SAVE_PER_ROW edits and the first SAVE_PER_ROW failing ones: input | mask | output side by side
+    (4x nearest), each edit's captions and verdict in captions.txt."""
     if directory is None:
         return
     directory.mkdir(parents=True, exist_ok=True)
+    failing = [k for k, ok in enumerate(passed) if not ok][:SAVE_PER_ROW]
     with open(directory / "captions.txt", "a") as notes:
-        for k, (image, mask, out, caption, verdict) in enumerate(items[:SAVE_PER_ROW]):
+        for k in sorted(set(range(min(SAVE_PER_ROW, len(items)))) | set(failing)):
+            image, mask, out, caption, verdict = items[k]
             panels = [image, *([mask.convert("RGB")] if mask is not None else []), out]
             w, h = image.size
             strip = Image.new("RGB", (w * len(panels), h), (128, 128, 128))
             for j, panel in enumerate(panels):
                 strip.paste(panel.convert("RGB").resize((w, h)), (w * j, 0))
-            name = f"{label}_{k}.png"
+            name = f"{label}_{k}{'_fail' if k in failing else ''}.png"
             strip.resize((strip.width * 4, strip.height * 4), Image.Resampling.NEAREST).save(directory / name)
             notes.write(f"{name}: {caption} | {verdict}\n")
 
@@ -188,7 +193,7 @@ def masked_edits(model, s, images: list[Image.Image], specs: list[CaptionSpec], 
         meets = (float(percent(new)) >= 70 and float(percent(other)) >= 95 and all(outside))
         rows.append([r, len(outs), percent(new), percent(other), percent(strays), percent(every), percent(outside),
                      f"{worst:.2f}", percent(scores), f"{seconds / len(outs):.2f}", "yes" if meets else ""])
-        save_examples(save, f"repaint_R{r}", examples)
+        save_examples(save, f"repaint_R{r}", examples, every)
     return rows
 
 
@@ -238,7 +243,7 @@ def image_to_image(model, s, images: list[Image.Image], specs: list[CaptionSpec]
         both = [c and x for c, x in zip(color, layout)]
         rows.append([f"{strength:g}", len(outs), percent(color), percent(layout), percent(both), percent(bound),
                      percent(two), percent(scores), f"{seconds / len(outs):.2f}"])
-        save_examples(save, f"img2img_s{strength:g}", examples)
+        save_examples(save, f"img2img_s{strength:g}", examples, both)
     return rows
 
 
