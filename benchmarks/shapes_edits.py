@@ -47,11 +47,12 @@ captions and verdicts in DIR/captions.txt.
 import argparse
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
+from shapes_manipulations import batched, percent, table
 
 from dalle_cli import load
 from dalle_cli.images import fit
@@ -67,22 +68,6 @@ OUTSIDE_LIMIT = 2.0  # in 1/255
 TARGET_MASKED = "new right ≥ 70 %, other kept ≥ 95 %, no strays, outside ok in 100 %"
 TARGET_IMG2IMG = "maximise both (color and layout)"
 SAVE_PER_ROW = 4
-
-
-def percent(flags: Sequence[bool]) -> str:
-    return f"{100 * sum(flags) / len(flags):.1f}" if flags else "—"
-
-
-def table(title: str, header: Sequence[str], rows: list[Sequence[object]], seconds: float) -> None:
-    print(f"\n{title} ({seconds:.0f} s)")
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
-    for row in (header, *rows):
-        print("  ".join(f"{str(x):>{w}}" for x, w in zip(row, widths)).rstrip())
-
-
-def batched(items: list, size: int, run: Callable[[list, int], list]) -> list:
-    """run(chunk, offset) over consecutive chunks of `items`, results concatenated."""
-    return [out for i in range(0, len(items), size) for out in run(items[i:i + size], i)]
 
 
 def seen(color: str, shape: str) -> bool:
