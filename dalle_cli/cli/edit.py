@@ -38,7 +38,6 @@ def edit(image: str, prompt: str, mask: str | None, invert_mask: bool, only: int
          settings: dict[str, Any]) -> None:
     """The body of `dalle edit` (see `commands.edit`)."""
     from ..images import load_image
-    from ..masks import fit_mask, read_mask
     from .display import guarded
 
     display = Display(common.quiet, common.json_lines)
@@ -54,8 +53,6 @@ def edit(image: str, prompt: str, mask: str | None, invert_mask: bool, only: int
         run = Run(display, common, "edit", settings)
         run.settings = run.model.edit_settings(run.settings, mask_image is not None)
         source = load_image(picture.path)  # type: ignore[arg-type]
-        if mask_image is not None:  # refused now, before any network runs
-            fit_mask(read_mask(mask_image, invert_mask), source.size, *run.model.edit_size(run.settings))
         seed = run.seed()
         again = ["dalle", "edit", image, prompt, *(["--mask", mask] if mask is not None else []),
                  *(["--invert-mask"] if invert_mask else []), "--seed", seed, "-n", common.num, *run.options]

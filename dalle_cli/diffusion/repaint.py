@@ -15,6 +15,7 @@ but the last, `sampler.needs_noise`), then the known region's noise (every step 
 clean picture); for a step up, one noise. `draws` counts them. This module never imports models.
 """
 
+import itertools
 from typing import Callable
 
 from torch import Tensor
@@ -94,7 +95,7 @@ def sample(denoise: Denoiser, x: Tensor, steps: list[int], path: list[int], step
     `noise_fn(j)` gives the j-th standard-normal tensor of x's shape, in the order `draws` counts."""
     if (known is None) != (keep is None):
         raise SchedulerError("RePaint needs both the known picture and its keep mask, or neither")
-    drawn = iter(range(draws(path, steps, known is not None)))
+    drawn = itertools.count()  # the index of the next noise tensor
     for a, b in zip(path, path[1:]):
         if b < a:
             x = renoise(x, steps[a], steps[b], noise_fn(next(drawn)), tables)  # a < len(steps): never from clean

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ...api import Progress, ProgressCallback
+from ...api import ProgressCallback
 from ...diffusion import ddpm, sampler, schedule
 from ...diffusion.sampler import Denoiser, NoiseFn
 from ...diffusion.schedule import NoiseSchedule
-from ...engine.noise import ImageNoise, sample_stage
+from ...engine.noise import ImageNoise, reporting, sample_stage
 from ...errors import UsageError
 from .settings import KandinskySettings
 
@@ -105,17 +105,6 @@ def inpaint_sample(denoise: Denoiser, x: torch.Tensor, steps: list[int], noise_f
     return x
 
 
-def _reported(denoise: Denoiser, steps: int, images: int, progress: ProgressCallback) -> Denoiser:
-    """`denoise`, reporting each decoder step as `Kandinsky.decode_latents` does."""
-
-    def reported(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
-        out = denoise(x, t, i)
-        progress(Progress("decoder", i + 1, steps, 0, images, images))
-        return out
-
-    return reported
-
-
 def inpaint(model: "Kandinsky", image_embeds: torch.Tensor, negative_embeds: torch.Tensor, pixels: torch.Tensor,
             masks: torch.Tensor, noise: ImageNoise, settings: KandinskySettings,
             progress: ProgressCallback) -> torch.Tensor:
@@ -130,8 +119,8 @@ def inpaint(model: "Kandinsky", image_embeds: torch.Tensor, negative_embeds: tor
     x_T = noise.start(tuple(latents.shape[1:]), latents.dtype, latents.device)
     model.residency.hold(model.parts.unet)
     extra = torch.cat([latents * keep, keep], dim=1)  # [B, C + 1, h, w]: the masked latents, the keep mask
-    denoise = _reported(model._decoder_model(image_embeds, negative_embeds, settings, extra), len(steps), len(noise),
-                        progress)
+    denoise = reporting(model._decoder_model(image_embeds, negative_embeds, settings, extra), "decoder", len(steps),
+                        len(noise), progress)
     loop = functools.partial(inpaint_sample, known=latents, keep=keep, tables=tables, config=config)
     return model.to_pixels(sample_stage(denoise, x_T, steps, noise, loop)).clamp(-1, 1)
 
@@ -150,7 +139,7 @@ def image_to_image(model: "Kandinsky", image_embeds: torch.Tensor, negative_embe
     start = ddpm.add_noise(latents, noise.start(tuple(latents.shape[1:]), latents.dtype, latents.device), steps[0],
                            tables)
     model.residency.hold(model.parts.unet)
-    denoise = _reported(model._decoder_model(image_embeds, negative_embeds, settings), len(steps), len(noise),
-                        progress)
+    denoise = reporting(model._decoder_model(image_embeds, negative_embeds, settings), "decoder", len(steps),
+                        len(noise), progress)
     loop = functools.partial(ddpm.sample, tables=tables, config=config)
     return model.to_pixels(sample_stage(denoise, start, steps, noise, loop)).clamp(-1, 1)

@@ -35,7 +35,7 @@ from ...diffusion.sampler import Denoiser
 from ...diffusion.guidance import guided
 from ...engine.cache import cached_tensor
 from ...engine.latent import Latent, best_index
-from ...engine.noise import ImageNoise, ddim_stage, invert_stage, sample_stage
+from ...engine.noise import ImageNoise, ddim_stage, invert_stage, reporting, sample_stage
 from ...engine.model import Model
 from ...engine.text import TextConditioning, encode_text
 from ...errors import UsageError
@@ -303,17 +303,11 @@ class Kandinsky(Model):
         it from `noise` (right after the prior's noise, as the reference does). With `eta` the sampler is DDIM at
         η (the decoding of an inverted latent, paper §3), else the reference's DDPM."""
         unet, config = self.parts.unet, self.parts.scheduler
-        report, n = progress or _silent, len(noise)
         steps = ddpm.timesteps(settings.decoder_steps, config)
         with self._running():
             self.residency.hold(unet)
-            model = self._decoder_model(image_embeds, negative_embeds, settings)
-
-            def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
-                out = model(x, t, i)
-                report(Progress("decoder", i + 1, len(steps), 0, n, n))
-                return out
-
+            denoise = reporting(self._decoder_model(image_embeds, negative_embeds, settings), "decoder", len(steps),
+                                len(noise), progress)
             scale = self.parts.movq.downscale
             shape = (unet.config.in_channels, settings.height // scale, settings.width // scale)
             x = x_T if x_T is not None else noise.start(shape, self.dtype, self.device)
