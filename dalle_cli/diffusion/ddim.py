@@ -37,8 +37,8 @@ from .ddpm import DDPMConfig
 from .sampler import Denoiser, NoiseFn, OnStep
 from .schedule import NoiseSchedule, SchedulerConfig
 
-__all__ = ["DDIMConfig", "config_for", "invert", "invert_step", "invertible", "needs_noise", "noises", "sample",
-           "step"]
+__all__ = ["DDIMConfig", "config_for", "invert", "invert_step", "invertible", "needs_noise", "noises", "predict",
+           "prediction_channels", "sample", "step"]
 
 CAPPED_BETA = 0.999  # the cosine schedule clips β here (Improved DDPM §3.2): its last timestep is singular
 
@@ -105,7 +105,7 @@ def needs_noise(prev_t: int, eta: float) -> bool:
     return eta > 0 and prev_t >= 0
 
 
-def _epsilon(model_output: Tensor, x: Tensor, config: DDIMConfig) -> Tensor:
+def prediction_channels(model_output: Tensor, x: Tensor, config: DDIMConfig) -> Tensor:
     """The C channels of the prediction: all of model_output, or its first half for a learned-variance model."""
     channels = x.shape[1]
     want = 2 * channels if config.learned_variance else channels
@@ -116,22 +116,23 @@ def _epsilon(model_output: Tensor, x: Tensor, config: DDIMConfig) -> Tensor:
     return model_output[:, :channels] if config.learned_variance else model_output  # (B, C, ...)
 
 
-def _predict(model_output: Tensor, x: Tensor, alpha_bar: Tensor, config: DDIMConfig) -> tuple[Tensor, Tensor]:
-    """(x_0, ε) predicted from x = x_t at noise level ᾱ = `alpha_bar` (a 0-d float32 tensor), x_0 clamped if asked.
+def predict(model_output: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor,
+            config: DDIMConfig) -> tuple[Tensor, Tensor]:
+    """(x_0, ε) predicted from x = x_t at the noise level α = √ᾱ, σ = √(1-ᾱ) (0-d float32 tensors, which the caller
+    rounds as its reference does), x_0 clamped if asked.
 
-    DDIM eq. 9: x_t = √ᾱ x_0 + √(1-ᾱ) ε, solved for whichever of the two the model does not predict; for v,
-    x_0 = √ᾱ x_t - √(1-ᾱ) v and ε = √ᾱ v + √(1-ᾱ) x_t (Salimans & Ho 2022, §4). ε is taken before the clamp.
+    DDIM eq. 9: x_t = α x_0 + σ ε, solved for whichever of the two the model does not predict; for v,
+    x_0 = α x_t - σ v and ε = α v + σ x_t (Salimans & Ho 2022, §4). ε is taken before the clamp.
     """
-    one_minus_alpha_bar = 1 - alpha_bar
     if config.prediction_type == "epsilon":
-        x0 = (x - one_minus_alpha_bar**0.5 * model_output) / alpha_bar**0.5
+        x0 = (x - sigma * model_output) / alpha
         eps = model_output
     elif config.prediction_type == "sample":
         x0 = model_output
-        eps = (x - alpha_bar**0.5 * x0) / one_minus_alpha_bar**0.5
+        eps = (x - alpha * x0) / sigma
     else:
-        x0 = alpha_bar**0.5 * x - one_minus_alpha_bar**0.5 * model_output
-        eps = alpha_bar**0.5 * model_output + one_minus_alpha_bar**0.5 * x
+        x0 = alpha * x - sigma * model_output
+        eps = alpha * model_output + sigma * x
     if config.clip_sample:
         x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
     return x0, eps
@@ -169,12 +170,12 @@ def step(
     if (noise is not None) != needs_noise(prev_t, eta):
         takes = "one noise tensor" if needs_noise(prev_t, eta) else "no noise"
         raise SchedulerError(f"the DDIM step from t={t} to {prev_t} with eta={eta} takes {takes}")
-    model_output = _epsilon(model_output, x, config)
+    model_output = prediction_channels(model_output, x, config)
 
     # 0-d float32 CPU scalars
     alpha_bar = tables.alpha_bar(t)
     alpha_bar_prev = tables.alpha_bar(prev_t)
-    x0, eps = _predict(model_output, x, alpha_bar, config)
+    x0, eps = predict(model_output, x, alpha_bar**0.5, (1 - alpha_bar) ** 0.5, config)
     variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)
     std = eta * variance**0.5  # σ_t(η)
     x_prev = alpha_bar_prev**0.5 * x0 + (1 - alpha_bar_prev - std**2) ** 0.5 * eps
@@ -206,11 +207,12 @@ def invert_step(
     if t == -1 and config.prediction_type == "sample":
         raise SchedulerError("DDIM inversion cannot start from the clean sample with a model that predicts x_0 "
                              "(the noise is undefined there); start from t=0")
-    model_output = _epsilon(model_output, x, config)
+    model_output = prediction_channels(model_output, x, config)
 
     # 0-d float32 CPU scalars
     alpha_bar_next = tables.alpha_bar(next_t)
-    x0, eps = _predict(model_output, x, tables.alpha_bar(t), config)
+    alpha_bar = tables.alpha_bar(t)
+    x0, eps = predict(model_output, x, alpha_bar**0.5, (1 - alpha_bar) ** 0.5, config)
     return alpha_bar_next**0.5 * x0 + (1 - alpha_bar_next) ** 0.5 * eps
 
 
