@@ -10,7 +10,8 @@ Each entry of the file's `models` object maps an alias to a model made of one or
 Every entry may carry `family` (the model family, default "unclip"), `description`, `license`, `size_bytes` (all its
 repos together, with `size_exact`; a local folder's size is read from the disk instead), the default sampling
 settings `defaults` (checked against the family's settings; missing keys take the family's, or those of the folder's
-`dalle.json`), `kind` ("model", the default, or
+`dalle.json`), the fast preset `fast` (settings laid over the defaults, over the folder's and the family's presets),
+`kind` ("model", the default, or
 "image_encoder") and, for unCLIP models without an image encoder of their own, `image_encoder`: the alias of the
 encoder their variations use. Keys starting with `_` are notes.
 
@@ -39,8 +40,8 @@ PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 FORBIDDEN_SUFFIXES = (*PICKLE_SUFFIXES, ".msgpack", ".h5", ".onnx", ".gguf")
 KINDS = ("model", "image_encoder")
 REPO_KEYS = {"repo_id", "revision", "unpinned", "files"}
-ENTRY_KEYS = {*REPO_KEYS, "repos", "description", "path", "license", "size_bytes", "size_exact", "defaults", "family",
-              "kind", "image_encoder"}
+ENTRY_KEYS = {*REPO_KEYS, "repos", "description", "path", "license", "size_bytes", "size_exact", "defaults", "fast",
+              "family", "kind", "image_encoder"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Entry:
     size_bytes: int = 0
     size_exact: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
+    fast: dict[str, Any] = field(default_factory=dict)
     kind: str = "model"
     image_encoder: str | None = None
 
@@ -142,11 +144,11 @@ def _entry(alias: str, raw: Any, folder: Path) -> Entry:
         values["path"] = folder / values["path"]
     else:
         values["repos"] = _repos(values, kind, family, where)
-    defaults = values.get("defaults", {})
-    if not isinstance(defaults, dict):
-        raise ConfigError(f"{where}: defaults must be a JSON object")
+    for key in ("defaults", "fast"):
+        if not isinstance(values.get(key, {}), dict):
+            raise ConfigError(f"{where}: {key} must be a JSON object")
     entry = Entry(alias=alias, **values)
-    entry.settings()  # check the defaults now, against the family's settings
+    entry.settings().updated(entry.fast, f"{where} fast", ConfigError)  # check both now, against the family's
     return entry
 
 

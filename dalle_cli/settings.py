@@ -1,7 +1,7 @@
 """Sampling settings, declared once per model family.
 
 A family's settings are a frozen dataclass deriving from `Settings`, whose fields are made by the helpers below
-(`steps`, `guidance`, `candidates`, `eta`, `strength`, `pixels`, `text`). Each helper records what kind of value the field
+(`steps`, `guidance`, `candidates`, `eta`, `strength`, `sampler`, `pixels`, `text`). Each helper records what kind of value the field
 holds, which stage of the pipeline reads it, and one line of help. Everything that reads or writes settings works from
 that declaration: the CLI's options (`--prior-steps` for `prior_steps`), prompt-file keys, the defaults in the
 registry and in model folders, and the record stored with every image. No torch here, so parsing settings costs
@@ -20,13 +20,14 @@ _KNOB = "dalle.knob"
 MAX_STEPS = 1000
 MAX_TEXT = 2000
 MAX_CANDIDATES = 16
+SAMPLERS = ("ddpm", "ddim", "dpmpp")  # `sampler` values: each stage's own ancestral sampler, DDIM, DPM-Solver++(2M)
 
 
 @dataclass(frozen=True)
 class Knob:
-    """What a settings field is: `kind` ("steps", "guidance", "count", "eta", "strength", "pixels" or "text"), the
-    pipeline `stage` that reads it (None: every operation reads it), one line of `help`, and for "pixels" the
-    allowed range and the multiple."""
+    """What a settings field is: `kind` ("steps", "guidance", "count", "eta", "strength", "sampler", "pixels" or
+    "text"), the pipeline `stage` that reads it (None: every operation reads it, unless `operations` names the
+    ones that do), one line of `help`, and for "pixels" the allowed range and the multiple."""
 
     kind: str
     help: str
@@ -34,6 +35,7 @@ class Knob:
     low: int = 0
     high: int = 0
     multiple: int = 1
+    operations: tuple[str, ...] | None = None
 
 
 def steps(default: int, stage: str, help: str) -> Any:
@@ -78,6 +80,14 @@ def strength(stage: str, help: str = "Image to image: noise the picture to this 
     return dataclasses.field(default=None, metadata={_KNOB: Knob("strength", help, stage)})
 
 
+def sampler(operations: tuple[str, ...],
+            help: str = "Sampler of every stage: ddpm (each stage's own, the reference's), ddim (η = 0) or dpmpp "
+                        "(DPM-Solver++ 2M); the last two are deterministic after the start noise.") -> Any:
+    """Which sampler runs the diffusion stages of `operations`: one of `SAMPLERS`, or None (the default), the
+    stages' own ancestral samplers, which is what "ddpm" names too."""
+    return dataclasses.field(default=None, metadata={_KNOB: Knob("sampler", help, None, operations=operations)})
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -85,7 +95,7 @@ def _is_int(value: Any) -> bool:
 def check_value(name: str, knob: Knob, value: Any, where: str, error: type[DalleError] = UsageError) -> Any:
     """`value` as the field `name` holds it (guidance scales become floats). Raises `error`, its message starting
     with `where`, for a value outside the field's kind: steps 2..1000; guidance finite and at least 1; counts 1..16;
-    η in [0, 1] or None; strength in (0, 1] or None; pixels in range and on the multiple; text a string of at most 2,000 characters."""
+    η in [0, 1] or None; strength in (0, 1] or None; a sampler one of `SAMPLERS` or None; pixels in range and on the multiple; text a string of at most 2,000 characters."""
     if knob.kind == "steps":
         if not (_is_int(value) and 2 <= value <= MAX_STEPS):
             raise error(f"{where}: {name} must be an integer from 2 to {MAX_STEPS}, got {value!r}")
@@ -110,6 +120,10 @@ def check_value(name: str, knob: Knob, value: Any, where: str, error: type[Dalle
                                       and 0 < value <= 1):
             raise error(f"{where}: {name} must be a number greater than 0 and at most 1, got {value!r}")
         return None if value is None else float(value)
+    if knob.kind == "sampler":
+        if value is not None and value not in SAMPLERS:
+            raise error(f"{where}: {name} must be one of {', '.join(SAMPLERS)}, got {value!r}")
+        return value
     if knob.kind == "pixels":
         if not (_is_int(value) and knob.low <= value <= knob.high and value % knob.multiple == 0):
             raise error(f"{where}: {name} must be a multiple of {knob.multiple} from {knob.low} to {knob.high}, "

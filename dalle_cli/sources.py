@@ -12,8 +12,10 @@ A model folder may carry `dalle.json`, dalle's settings for that folder, so that
     {"family": "unclip", "defaults": {"prior_steps": 15, "decoder_guidance": 2.0}}
 
 `family` names the model family (without it, the family comes from `model_index.json`'s `_class_name`) and `defaults`
-overrides the family's default settings. A registry entry's own `defaults` override the folder's, and a folder that is
-a registry model's folder (a shipped model, or the cache snapshot of a pinned repo) is that registry model.
+overrides the family's default settings. `fast`, as optional, is the model's fast preset: settings laid over its
+defaults (fewer steps, a faster sampler) over the family's own preset (`Family.fast`). A registry entry's own
+`defaults` and `fast` override the folder's, and a folder that is a registry model's folder (a shipped model, or the
+cache snapshot of a pinned repo) is that registry model.
 No torch here.
 """
 
@@ -32,7 +34,7 @@ from .settings import Settings
 
 Notice = Callable[[str], None]
 FOLDER_FILE = "dalle.json"
-FOLDER_KEYS = {"family", "defaults"}
+FOLDER_KEYS = {"family", "defaults", "fast"}
 # A hub id as huggingface_hub accepts it: no leading or trailing '.' or '-', no '..' or '--'.
 _NAME = r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?"
 HUB_ID = re.compile(rf"(?P<repo>{_NAME}/{_NAME})(@(?P<revision>[\w./-]+))?")
@@ -49,12 +51,13 @@ class Part:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """What resolution produced: the model's `name`, `family`, default `settings`, and its `parts` by role. With
-    `offline`, parts that are not on disk are never downloaded."""
+    """What resolution produced: the model's `name`, `family`, `defaults` (its settings) and `fast` (its fast
+    preset's), and its `parts` by role. With `offline`, parts that are not on disk are never downloaded."""
 
     name: str
     family: Family
     defaults: Settings
+    fast: Settings
     parts: dict[str, Part]
     offline: bool = False
     folders: dict[str, Path] = field(default_factory=dict, compare=False)  # parts fetched so far
@@ -96,11 +99,12 @@ class ModelSource:
         return ModelInfo(self.name, part.source.repo_id, folder.name, str(folder), {r: label(r) for r in others})
 
 
-def folder_settings(folder: Path, base: Settings | None = None) -> tuple[Family, str, Settings]:
-    """The family, role and default settings of a model folder: the family from its `dalle.json` when it has one,
-    else from the `_class_name` of its `model_index.json`, which also says the folder's role (the family's first
-    role when the family does not list the class); the defaults are the family's (or `base`, when given, of the same
-    family) with the `dalle.json` ones over them. Raises
+def folder_settings(folder: Path, base: Settings | None = None) -> tuple[Family, str, Settings, dict[str, Any]]:
+    """The family, role, default settings and fast preset of a model folder: the family from its `dalle.json` when
+    it has one, else from the `_class_name` of its `model_index.json`, which also says the folder's role (the
+    family's first role when the family does not list the class); the defaults are the family's (or `base`, when
+    given, of the same family) with the `dalle.json` ones over them; the preset is the settings to lay over the
+    defaults (the family's preset with the `dalle.json` one over it), checked. Raises
     `ModelNotFoundError` for a folder without `model_index.json` or of a family dalle does not run, and `ConfigError`
     for a malformed `dalle.json`."""
     if not (folder / "model_index.json").is_file():
@@ -116,11 +120,15 @@ def folder_settings(folder: Path, base: Settings | None = None) -> tuple[Family,
         role = family.class_names.get(class_name, family.roles[0]) if isinstance(class_name, str) else family.roles[0]
     else:
         family, role = family_of_class(class_name, str(folder))
-    defaults = own.get("defaults", {})
-    if not isinstance(defaults, dict):
-        raise ConfigError(f"{where}: defaults must be a JSON object")
+    defaults, fast = own.get("defaults", {}), own.get("fast", {})
+    for key, value in (("defaults", defaults), ("fast", fast)):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key} must be a JSON object")
     start = base if base is not None and isinstance(base, family.settings) else family.settings()
-    return family, role, start.updated(defaults, f"{where} defaults", ConfigError)
+    settings = start.updated(defaults, f"{where} defaults", ConfigError)
+    preset = {**family.fast, **fast}
+    settings.updated(preset, f"{where} fast", ConfigError)
+    return family, role, settings, preset
 
 
 def _entry_source(entry: Entry, registry: dict[str, Entry], offline: bool) -> ModelSource:
@@ -128,17 +136,18 @@ def _entry_source(entry: Entry, registry: dict[str, Entry], offline: bool) -> Mo
     if entry.path is not None:
         if not entry.path.is_dir():
             raise ModelNotFoundError(f"model {entry.alias!r} is not in this checkout: {entry.path} does not exist")
-        _, _, folder_defaults = folder_settings(entry.path)
+        _, _, folder_defaults, preset = folder_settings(entry.path)
         defaults = entry.settings(folder_defaults)
         parts = {family.roles[0]: Part(folder=entry.path)}
     else:
-        defaults = entry.settings()
+        defaults, preset = entry.settings(), dict(family.fast)
         parts = {role: Part(source=source_of(entry, repo)) for role, repo in entry.repos.items()}
+    fast = defaults.updated({**preset, **entry.fast}, f"registry entry {entry.alias!r} fast", ConfigError)
     if entry.image_encoder is not None:
         encoder = registry[entry.image_encoder]
         parts["image_encoder"] = (Part(folder=encoder.path) if encoder.path is not None
                                   else Part(source=source_of(encoder, encoder.repos["image_encoder"])))
-    return ModelSource(entry.alias, family, defaults, parts, offline)
+    return ModelSource(entry.alias, family, defaults, fast, parts, offline)
 
 
 def _registry_folder(folder: Path, registry: dict[str, Entry]) -> Entry | None:
@@ -208,14 +217,15 @@ def _locate(spec: str, offline: bool, on_notice: Notice | None) -> ModelSource:
         if known is not None:
             source = _entry_source(known, registry, offline)
             role = source.family.roles[0]
-            return ModelSource(known.alias, source.family, source.defaults,
-                               {**source.parts, role: Part(path, source.parts[role].source)}, offline)
-        family, role, defaults = folder_settings(path)
-        return ModelSource(path.resolve().name, family, defaults, {role: Part(folder=path)}, offline)
+            return replace(source, parts={**source.parts, role: Part(path, source.parts[role].source)})
+        family, role, defaults, preset = folder_settings(path)
+        return ModelSource(path.resolve().name, family, defaults, defaults.updated(preset, "fast"),
+                           {role: Part(folder=path)}, offline)
     source = _hub_source(spec, registry)
     folder = fetch(source, offline=offline, on_notice=on_notice, why=" on first use")
-    family, role, defaults = folder_settings(folder)
-    return ModelSource(spec, family, defaults, {role: Part(folder, source)}, offline)
+    family, role, defaults, preset = folder_settings(folder)
+    return ModelSource(spec, family, defaults, defaults.updated(preset, "fast"), {role: Part(folder, source)},
+                       offline)
 
 
 def pull(spec: str, *, offline: bool = False, on_notice: Notice | None = None) -> list[tuple[Path, bool]]:

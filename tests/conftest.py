@@ -3,8 +3,17 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from tiny_karlo import build_reference, make_tiny_karlo
+
+
+@pytest.fixture(autouse=True)
+def _same_threads():  # noqa: ANN202
+    """Every test starts with the session's torch thread count: a CLI run in process sets its own."""
+    count = torch.get_num_threads()
+    yield
+    torch.set_num_threads(count)
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,8 @@ from .. import __version__
 from ..errors import UsageError
 from ..families import FAMILIES, Family
 from .display import Display, guarded
-from .options import Common, DebugOpt, JsonOpt, OfflineOpt, QuietOpt, default_model, flag, image_command
+from .options import (Common, DebugOpt, JsonOpt, OfflineOpt, QuietOpt, default_model, flag, image_command,
+                      use_threads)
 
 
 def _quiet_downloads(quiet: bool) -> None:
@@ -53,13 +54,14 @@ def _make(display: Display, tally: Any, common: Common, settings: dict[str, Any]
     _quiet_downloads(common.quiet)
     check_template(common.name)
     check_writable(common.out)
+    use_threads(common)
     default = default_model()
     options = {"device": common.device.value, "dtype": common.dtype.value, "low_vram": common.low_vram,
                "offline": common.offline}
     models = Models(common.model, default, settings, common.offline, options, display.note,
-                    functools.partial(chosen, name=flag), common.parts)
+                    functools.partial(chosen, name=flag), common.parts, common.fast)
     identity = {"inputs": inputs, "model": common.model or default, "parts": common.parts, "settings": settings,
-                "num": common.num, "seed": common.seed, "name": common.name}
+                "num": common.num, "seed": common.seed, "name": common.name, **({"fast": True} if common.fast else {})}
     request = Request(items, identity, models, common.out, common.name, common.num, common.seed, common.batch_size,
                       common.skip_existing, common.grid, digests)
     execute(request, display, tally)
@@ -320,8 +322,8 @@ def make_app(families: Iterable[Family] = FAMILIES.values()) -> typer.Typer:
     app.command()(image_command("generate", families)(gen))
     app.command()(image_command("vary", families)(vary))
     app.command()(image_command("interpolate", families, omit=ONE_SEQUENCE)(interp))
-    app.command()(image_command("text_diff", families, omit=ONE_SEQUENCE)(diff))
-    app.command()(image_command("edit", families, omit=("skip_existing", "grid"))(edit))
+    app.command()(image_command("text_diff", families, omit=(*ONE_SEQUENCE, "fast"))(diff))
+    app.command()(image_command("edit", families, omit=("skip_existing", "grid", "fast"))(edit))
     for command in (pull, models, info):
         app.command()(command)
     return app

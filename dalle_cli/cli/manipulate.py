@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from .. import __version__
 from ..errors import UsageError
 from .display import Display
-from .options import Common, default_model, flag
+from .options import Common, default_model, flag, use_threads
 
 ANIMATIONS = ("webp", "gif")
 FRAME_MS = 250  # how long the animation shows each frame
@@ -95,17 +95,19 @@ class Run:
         _quiet_downloads(common.quiet)
         check_template(common.name)
         check_writable(common.out)
+        use_threads(common)
         self.display, self.common, self.operation = display, common, operation
         spec = common.model or default_model()
         source = locate(spec, offline=common.offline, on_notice=display.note, parts=common.parts)
-        self.settings = chosen(source, operation, source.defaults, given, "options", name=flag)
+        base = source.fast if common.fast else source.defaults
+        self.settings = chosen(source, operation, base, given, "options", name=flag)
         self.model = load(source, device=common.device.value, dtype=common.dtype.value, low_vram=common.low_vram,
                           on_notice=display.note)
         self.model.prepare(operation)
         self.written: list[Path] = []
         # What a frame's command must repeat besides the inputs: the model, its parts and the settings given.
-        self.options = ["-m", common.model or spec, *(w for role, other in sorted(common.parts.items())
-                                                       for w in (flag(role), other)),
+        self.options = ["-m", common.model or spec, *(["--fast"] if common.fast else []),
+                        *(w for role, other in sorted(common.parts.items()) for w in (flag(role), other)),
                         *(w for name, value in given.items() for w in (flag(name), value))]
 
     def seed(self) -> int:

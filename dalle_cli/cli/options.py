@@ -17,7 +17,8 @@ from ..families import FAMILIES, Family
 from .limits import MAX_COUNT, MAX_SEED
 from .naming import DEFAULT_TEMPLATE
 
-TYPES = {"steps": int, "guidance": float, "count": int, "eta": float, "strength": float, "pixels": int, "text": str}
+TYPES = {"steps": int, "guidance": float, "count": int, "eta": float, "strength": float, "sampler": str, "pixels": int,
+         "text": str}
 
 
 class Device(str, Enum):
@@ -57,6 +58,11 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but
 SkipOpt = Annotated[bool, typer.Option("--skip-existing", help="Do not make images whose file exists (resume).")]
 GridOpt = Annotated[bool, typer.Option("--grid", help="Also write a contact sheet, grid.png.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, max=1024, show_default=False,
+    help="CPU threads for torch's operators. Default: $DALLE_THREADS, else the cores idle at start.")]
+FastOpt = Annotated[bool, typer.Option("--fast", help="Start from the model's fast preset (fewer steps, a faster "
+                                                      "sampler), under the settings given.")]
 
 
 def default_model() -> str:
@@ -64,6 +70,16 @@ def default_model() -> str:
     import os
 
     return os.environ.get("DALLE_MODEL") or "karlo"
+
+
+def use_threads(common: "Common") -> None:
+    """Set torch's intra-op threads for a run: --threads, else $DALLE_THREADS, else the idle cores
+    (`devices.threads`)."""
+    import torch
+
+    from ..devices import threads
+
+    torch.set_num_threads(threads(common.threads))
 
 
 def flag(setting: str) -> str:
@@ -116,6 +132,8 @@ class Common:
     dtype: DTypeOpt = DType.auto
     batch_size: BatchOpt = 4
     low_vram: LowVramOpt = False
+    threads: ThreadsOpt = None
+    fast: FastOpt = False
     offline: OfflineOpt = False
     json_lines: JsonOpt = False
     quiet: QuietOpt = False

@@ -107,12 +107,13 @@ def record(job: Job, info: ModelInfo, stages: tuple[str, ...], seconds: float,
 class Models:
     """The models of a run: the spec of each item's model (the command's `--model`, else the one its record names,
     else `default`) with its companion parts (the command's, or the record's), each located once, the run's
-    settings for it, and one model loaded at a time."""
+    settings for it (the settings `given` over the model's defaults, or over its fast preset with `fast`), and one
+    model loaded at a time."""
 
     def __init__(self, explicit: str | None, default: str, given: dict[str, Any], offline: bool,
                  load_options: dict[str, Any], notice: Callable[[str], None], check: Callable[..., Settings],
-                 parts: dict[str, str] | None = None) -> None:
-        self.explicit, self.default, self.given, self.offline = explicit, default, given, offline
+                 parts: dict[str, str] | None = None, fast: bool = False) -> None:
+        self.explicit, self.default, self.given, self.offline, self.fast = explicit, default, given, offline, fast
         self.parts = parts or {}
         self.load_options, self.notice, self.check = load_options, notice, check
         self.sources: dict[str, ModelSource] = {}
@@ -132,7 +133,8 @@ class Models:
         key = (spec, operation)
         if key not in self.bases:
             source = self.sources[spec]
-            self.bases[key] = self.check(source, operation, source.defaults, self.given, "options")
+            base = source.fast if self.fast else source.defaults
+            self.bases[key] = self.check(source, operation, base, self.given, "options")
         return self.bases[key]
 
     def model(self, spec: str) -> Any:

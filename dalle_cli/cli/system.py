@@ -21,9 +21,9 @@ def _devices() -> dict[str, Any]:
         import torch
     except Exception as e:  # a broken torch install is exactly what a bug report needs to show
         return {"torch": f"cannot import torch: {e}"}
-    from ..devices import mps_available
+    from ..devices import mps_available, threads
 
-    found: dict[str, Any] = {"torch": torch.__version__, "cpu threads": torch.get_num_threads(),
+    found: dict[str, Any] = {"torch": torch.__version__, "cpu threads": threads(),
                              "cuda": torch.version.cuda or "not built with CUDA", "mps": mps_available()}
     if torch.cuda.is_available():
         for k in range(torch.cuda.device_count()):

@@ -23,8 +23,8 @@ DIFF_AMOUNT = 0.5  # a text diff's default θ, chosen on shapes (benchmarks/shap
 
 
 class Model:
-    """A loaded model: `parts` (the family's components, a tokenizer among them), its default settings, the device and
-    dtype it runs in. `source`, when given, is where its parts come from, so a part needed later (an image encoder)
+    """A loaded model: `parts` (the family's components, a tokenizer among them), its default settings (`defaults`;
+    `fast` is its fast preset's, from its source, else the defaults), the device and dtype it runs in. `source`, when given, is where its parts come from, so a part needed later (an image encoder)
     can be fetched (announced through `on_notice`); `info` is then read from it, else `info` is given. A family's
     model subclasses this with its stages and the methods under "What each family implements"; the operations
     (generate, vary, interpolate, text_diff, edit) are composed here from those."""
@@ -36,6 +36,7 @@ class Model:
             raise ValueError("a model needs its info or its source")
         self.parts = parts
         self.defaults = defaults
+        self.fast = source.fast if source is not None else defaults
         self.device = device
         self.dtype = dtype
         self.residency = Residency(device, low_vram)
@@ -98,6 +99,7 @@ class Model:
         s = self._settings(settings, eta=eta)
         if s.eta is None:  # type: ignore[attr-defined]
             return self.noise_variation(images, seeds, s, progress=progress)
+        _by_ddim(s, "a variation at η")
         self._pair(list(images), list(seeds))
         latent = self.invert(images, s, progress=progress)
         return self.render(latent.embeds, latent.noises, seeds, s, eta=s.eta, progress=progress)  # type: ignore
@@ -131,6 +133,8 @@ class Model:
                              "inversion (use fixed noise)")
         if any(not 0 <= k < len(path) for k in which) or not which:
             raise UsageError(f"frames are numbered 0 to {len(path) - 1}, got {which}")
+        if noise == "inverted":
+            _by_ddim(s, "an interpolation of inverted noise")
         latents = self.path_latents(inputs, seed, s, noise=noise, progress=progress)
         blends = [latents[segment].blend(latents[segment + 1], theta) for segment, theta in
                   (path[k] for k in which)]
@@ -155,6 +159,7 @@ class Model:
                           progress: ProgressCallback | None = None) -> torch.Tensor:
         """As `text_diff`, the images as one float tensor [B x len(amounts), 3, H, W] in [-1, 1]."""
         s = self._settings(settings)
+        _by_ddim(s, "a text diff")
         for theta in amounts:
             check_amount(theta)
         if not amounts or not images:
@@ -210,6 +215,8 @@ class Model:
         """The settings an edit runs with: `settings` (else the defaults), with the family's image-to-image
         strength (`img2img_strength`) when there is no mask and no strength: what an edit's record holds."""
         s = self._settings(settings)
+        if s.sampler is not None:  # type: ignore[attr-defined]
+            raise UsageError("an edit runs each stage's own sampler: it takes no other")
         if not masked and s.strength is None:  # type: ignore[attr-defined]
             return s.updated({"strength": self.img2img_strength}, "settings")
         return s
@@ -294,6 +301,12 @@ class Model:
         from x_Ts drawn from the seeds' generators; η None (with no `noises`) decodes by the family's own
         samplers, as `generate` does."""
         raise NotImplementedError
+
+
+def _by_ddim(settings: Settings, what: str) -> None:
+    """Refuse a sampler for an operation that decodes an inverted latent, which only DDIM inverts."""
+    if settings.sampler is not None:  # type: ignore[attr-defined]
+        raise UsageError(f"{what} decodes by DDIM from a DDIM inversion: it takes no other sampler")
 
 
 def check_amount(theta: Any) -> float:

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..api import Progress, ProgressCallback
-from ..diffusion import ddim, sampler, schedule
+from ..diffusion import ddim, dpmpp, sampler, schedule
 
 
 class ImageNoise:
@@ -64,6 +64,30 @@ def ddim_stage(denoise: sampler.Denoiser, x: torch.Tensor, steps: list[int], noi
     count = ddim.noises(steps, eta)
     noises = noise.draw(tuple(x.shape[1:]), x.dtype, x.device, count) if count else None
     return ddim.sample(denoise, x, steps, tables, config, eta, (lambda i: noises[i]) if noises is not None else None)
+
+
+def run_stage(denoise: sampler.Denoiser, x: torch.Tensor, steps: list[int], noise: ImageNoise,
+              tables: schedule.NoiseSchedule, config: ddim.DDIMConfig, ancestral: Loop, chosen: str | None,
+              eta: float | None = None) -> torch.Tensor:
+    """Run one stage from x_T = `x` over the family's `steps`: by DDIM at `eta` when it is given (the decoding of
+    an inverted latent, paper §3); else by the `chosen` sampler (`settings.SAMPLERS`): the stage's own ancestral
+    `ancestral` loop (None or "ddpm"), or one of the deterministic ones, which draw no step noise (`deterministic`).
+    DDIM and DPM-Solver++ start one timestep below a singular top of the schedule (`ddim.invertible`)."""
+    if eta is not None:
+        return ddim_stage(denoise, x, ddim.invertible(steps, tables), noise, tables, config, eta)
+    if chosen in (None, "ddpm"):
+        return sample_stage(denoise, x, steps, noise, ancestral)
+    return deterministic(denoise, x, steps, tables, config, chosen)
+
+
+def deterministic(denoise: sampler.Denoiser, x: torch.Tensor, steps: list[int], tables: schedule.NoiseSchedule,
+                  config: ddim.DDIMConfig, chosen: str) -> torch.Tensor:
+    """DDIM at η = 0 ("ddim") or DPM-Solver++(2M) ("dpmpp") from `x` down `steps` (a singular top lowered), one
+    network call per step."""
+    steps = ddim.invertible(steps, tables)
+    if chosen == "ddim":
+        return ddim.sample(denoise, x, steps, tables, config)
+    return dpmpp.sample(denoise, x, steps, tables, config)
 
 
 INVERSION_REFINE = 4  # corrections per DDIM inversion step (`ddim.invert`), chosen on shapes (benchmarks/)

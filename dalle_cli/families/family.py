@@ -2,7 +2,7 @@
 models load. Declaring a family imports no torch; its loader is imported only when a model is loaded."""
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..settings import Settings
@@ -23,6 +23,8 @@ class Family:
       needs them (Karlo's separate "image_encoder").
     - `loader`: "module:function" of `function(source, device, dtype, low_vram, on_notice) -> model`.
     - `companions`: the roles a user may name a folder or repo for besides the model itself (a decoder's "prior").
+    - `fast`: the family's fast preset, settings laid over a model's defaults (fewer steps, a faster sampler), which a
+      model's folder or registry entry may override (`sources`).
     """
 
     name: str
@@ -33,11 +35,14 @@ class Family:
     roles: tuple[str, ...]
     loader: str
     companions: tuple[str, ...] = ()
+    fast: Mapping[str, Any] = field(default_factory=dict)
 
     def applies(self, setting: str, operation: str) -> bool:
         """Whether `setting` is read by `operation`."""
-        stage = self.settings.knobs()[setting].stage
-        return stage is None or stage in self.operations[operation]
+        knob = self.settings.knobs()[setting]
+        if knob.operations is not None:
+            return operation in knob.operations
+        return knob.stage is None or knob.stage in self.operations[operation]
 
     def events(self, operation: str, settings: Settings) -> int:
         """How many progress events one call of `operation` reports: a stage's step count (times its candidate

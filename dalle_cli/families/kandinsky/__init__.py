@@ -8,7 +8,7 @@ the folders, `pipeline.py` runs them.
 """
 
 from ..family import Family
-from .settings import KandinskySettings
+from .settings import FAST, KandinskySettings
 
 FAMILY = Family(
     name="kandinsky",
@@ -20,6 +20,7 @@ FAMILY = Family(
                 "interpolate": ("prior", "encode", "decoder"), "text_diff": ("encode", "decoder"),
                 "edit": ("prior", "edit", "decoder")},
     roles=("decoder", "prior", "image_encoder"),
+    fast=FAST,
     loader="dalle_cli.families.kandinsky.pipeline:load_model",
     companions=("prior",),
 )

@@ -35,7 +35,7 @@ from ...diffusion.sampler import Denoiser
 from ...diffusion.guidance import guided
 from ...engine.cache import cached_tensor
 from ...engine.latent import Latent, best_index
-from ...engine.noise import ImageNoise, ddim_stage, invert_stage, reporting, sample_stage
+from ...engine.noise import ImageNoise, deterministic, invert_stage, reporting, run_stage
 from ...engine.model import Model
 from ...engine.text import TextConditioning, encode_text
 from ...errors import UsageError
@@ -280,12 +280,16 @@ class Kandinsky(Model):
                 return out
 
             candidates = []
+            tables = schedule.noise_schedule(config)
             for _ in range(count):  # each candidate's start and step noises, then the next one's
                 x = arranged(noise.start((rows, dim), text.embeds.dtype, self.device))
-                noisy = sum(sampler.needs_noise(t) for t in steps)
-                noises = noise.draw((rows, dim), x.dtype, self.device, noisy)  # [noisy, B, rows, D]
-                x = sampler.sample(denoise, x, steps, schedule.noise_schedule(config), config,
-                                   lambda i: arranged(noises[i]))  # per-image (rows, D) draws: not `sample_stage`'s
+                if settings.sampler in (None, "ddpm"):
+                    noisy = sum(sampler.needs_noise(t) for t in steps)
+                    noises = noise.draw((rows, dim), x.dtype, self.device, noisy)  # [noisy, B, rows, D]
+                    x = sampler.sample(denoise, x, steps, tables, config,
+                                       lambda i: arranged(noises[i]))  # per-image (rows, D) draws: not `run_stage`'s
+                else:
+                    x = deterministic(denoise, x, steps, tables, ddim.config_for(config), settings.sampler)
                 candidates.append(prior.post_process_latents(x))  # [rows * B, D]
             embeds = candidates[0]
             if count > 1:  # the candidate closest to the prompt, with its own negative embedding
@@ -312,11 +316,8 @@ class Kandinsky(Model):
             shape = (unet.config.in_channels, settings.height // scale, settings.width // scale)
             x = x_T if x_T is not None else noise.start(shape, self.dtype, self.device)
             tables = ddpm.noise_schedule(config)
-            if eta is not None:
-                return ddim_stage(denoise, x, ddim.invertible(steps, tables), noise, tables, ddim.config_for(config),
-                                  eta)
             loop = functools.partial(ddpm.sample, tables=tables, config=config)
-            return sample_stage(denoise, x, steps, noise, loop)
+            return run_stage(denoise, x, steps, noise, tables, ddim.config_for(config), loop, settings.sampler, eta)
 
     def _decoder_model(self, image_embeds: torch.Tensor, negative_embeds: torch.Tensor,
                        settings: KandinskySettings, extra: torch.Tensor | None = None) -> Denoiser:

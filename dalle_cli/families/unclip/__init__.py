@@ -5,7 +5,7 @@ super-resolution UNets. `settings.py` holds its settings, `components.py` loads 
 """
 
 from ..family import Family
-from .settings import UnCLIPSettings
+from .settings import FAST, UnCLIPSettings
 
 FAMILY = Family(
     name="unclip",
@@ -16,5 +16,6 @@ FAMILY = Family(
                 "interpolate": ("prior", "encode", "decoder", "super_res"),
                 "text_diff": ("encode", "decoder", "super_res"), "edit": ("prior", "edit", "decoder", "super_res")},
     roles=("model", "image_encoder"),
+    fast=FAST,
     loader="dalle_cli.families.unclip.pipeline:load_model",
 )

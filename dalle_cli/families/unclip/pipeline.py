@@ -30,7 +30,7 @@ from ...diffusion import ddim, schedule
 from ...diffusion.sampler import Denoiser
 from ...diffusion.guidance import guided
 from ...engine.latent import Latent, best_of
-from ...engine.noise import ImageNoise, ddim_stage, invert_stage, reporting, sample_stage, unclip_loop
+from ...engine.noise import ImageNoise, invert_stage, reporting, run_stage, unclip_loop
 from ...engine.model import Model
 from ...engine.text import TextConditioning, encode_text
 from ...errors import UsageError
@@ -196,8 +196,9 @@ class UnCLIP(Model):
             candidates = []
             for _ in range(count):
                 x = noise.start((prior.config.embedding_dim,), text.embeds.dtype, self.device)
-                candidates.append(prior.post_process_latents(sample_stage(denoise, x, steps, noise,
-                                                                          unclip_loop(config))))
+                candidates.append(prior.post_process_latents(run_stage(
+                    denoise, x, steps, noise, self._tables(config), ddim.config_for(config), unclip_loop(config),
+                    settings.sampler)))
             return best_of(candidates, text.prompt_embeds)
 
     def decode(self, image_embeds: torch.Tensor, text: TextConditioning, noise: ImageNoise, settings: UnCLIPSettings,
@@ -211,16 +212,14 @@ class UnCLIP(Model):
         config = parts.decoder_scheduler
         with self._running():
             self.residency.hold(parts.text_proj, parts.decoder)
-            steps = self._steps(settings.decoder_steps, config, eta is not None)
+            steps = schedule.timesteps(settings.decoder_steps, config)
             denoise = reporting(self._decoder_model(image_embeds, text, settings), "decoder", len(steps), len(noise),
                                  progress)
             size = parts.decoder.config.sample_size
             x = x_T if x_T is not None else noise.start((parts.decoder.config.in_channels, size, size), self.dtype,
                                                          self.device)
-            if eta is not None:
-                return ddim_stage(denoise, x, steps, noise, self._tables(config), ddim.config_for(config),
-                                  eta).clamp(-1, 1)
-            return sample_stage(denoise, x, steps, noise, unclip_loop(config)).clamp(-1, 1)
+            return run_stage(denoise, x, steps, noise, self._tables(config), ddim.config_for(config),
+                             unclip_loop(config), settings.sampler, eta).clamp(-1, 1)
 
     def _decoder_model(self, image_embeds: torch.Tensor, text: TextConditioning,
                        settings: UnCLIPSettings) -> Denoiser:
@@ -247,15 +246,14 @@ class UnCLIP(Model):
         config = parts.super_res_scheduler
         with self._running():
             self.residency.hold(parts.super_res_first)
-            steps = self._steps(settings.sr_steps, config, eta is not None)
+            steps = schedule.timesteps(settings.sr_steps, config)
             denoise = reporting(self._super_res_model(images, len(steps)), "super_res", len(steps), len(noise),
                                  progress)
             size = parts.super_res_first.config.sample_size
             x = x_T if x_T is not None else noise.start((parts.super_res_first.config.in_channels // 2, size, size),
                                                          self.dtype, self.device)
-            if eta is not None:
-                return ddim_stage(denoise, x, steps, noise, self._tables(config), ddim.config_for(config), eta)
-            return sample_stage(denoise, x, steps, noise, unclip_loop(config))
+            return run_stage(denoise, x, steps, noise, self._tables(config), ddim.config_for(config),
+                             unclip_loop(config), settings.sampler, eta)
 
     def _super_res_model(self, images: torch.Tensor, count: int) -> Denoiser:
         """The super-resolution UNets as a denoiser (x_t, t, i) of `count` steps, conditioned on the decoder's images
@@ -299,8 +297,8 @@ class UnCLIP(Model):
             small = F.interpolate(full.float(), size=(size, size), mode="bicubic", align_corners=False,
                                   antialias=self.device.type != "mps").clamp(-1, 1).to(self.dtype)
             text = self.encode_text([""] * n, s.decoder_guidance > 1.0)
-            decoder_steps = self._steps(s.decoder_steps, parts.decoder_scheduler, True)
-            sr_steps = self._steps(s.sr_steps, parts.super_res_scheduler, True)
+            decoder_steps = self._inverted_steps(s.decoder_steps, parts.decoder_scheduler)
+            sr_steps = self._inverted_steps(s.sr_steps, parts.super_res_scheduler)
             total, done = len(decoder_steps) + len(sr_steps), [0]
 
             def step_done(i: int, t: int, x: torch.Tensor) -> None:
@@ -347,10 +345,10 @@ class UnCLIP(Model):
         """The side of the images this model makes (256 for Karlo)."""
         return self.parts.super_res_first.config.sample_size
 
-    def _steps(self, count: int, config: schedule.SchedulerConfig, inverted: bool) -> list[int]:
-        """A stage's timesteps: the reference's spacing, with a singular top lowered (`ddim.invertible`) for DDIM."""
-        steps = schedule.timesteps(count, config)
-        return ddim.invertible(steps, self._tables(config)) if inverted else steps
+    def _inverted_steps(self, count: int, config: schedule.SchedulerConfig) -> list[int]:
+        """The timesteps a stage's DDIM inversion walks: the reference's spacing with a singular top lowered
+        (`ddim.invertible`), those `run_stage` samples down by DDIM."""
+        return ddim.invertible(schedule.timesteps(count, config), self._tables(config))
 
     @staticmethod
     def _tables(config: schedule.SchedulerConfig) -> schedule.NoiseSchedule:
