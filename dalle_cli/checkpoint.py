@@ -107,10 +107,11 @@ def _check_readable(path: Path, component: str) -> None:
         raise CheckpointError(f"{component}: cannot read {path}: {e.strerror or e}") from None
 
 
-def _check_keys(module: nn.Module, state: dict[str, torch.Tensor], component: str) -> None:
+def _check_keys(module: nn.Module, shapes: dict[str, torch.Size], component: str) -> None:
+    """Raise `CheckpointError` unless the checkpoint's tensor `shapes`, by key, are exactly the module's."""
     expected = {k: v.shape for k, v in module.state_dict().items()}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
     if missing or unexpected:
         parts = []
         if missing:
@@ -119,37 +120,82 @@ def _check_keys(module: nn.Module, state: dict[str, torch.Tensor], component: st
             parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})")
         raise CheckpointError(f"{component}: checkpoint keys do not match the config: {'; '.join(parts)}")
     for key, shape in expected.items():
-        if state[key].shape != shape:
+        if shapes[key] != shape:
             raise CheckpointError(
-                f"{component}: tensor {key} has shape {tuple(state[key].shape)} in the checkpoint "
+                f"{component}: tensor {key} has shape {tuple(shapes[key])} in the checkpoint "
                 f"but {tuple(shape)} from the config"
             )
 
 
+def read_shapes(folder: Path, component: str, prefixes: tuple[str, ...] | None = None) -> dict[str, torch.Size]:
+    """The shape of every tensor `read_state_dict` would read, from the files' headers alone (no tensor is read)."""
+    shapes: dict[str, torch.Size] = {}
+    for path in weight_files(folder, component):
+        _check_readable(path, component)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    if not (IGNORED_KEYS.search(key) or (prefixes is not None and not key.startswith(prefixes))):
+                        shapes[key] = torch.Size(f.get_slice(key).get_shape())
+        except Exception as e:  # safetensors raises its own error types, and OSError for I/O
+            raise CheckpointError(f"{component}: {path.name} is not a readable safetensors file ({e})") from None
+    return shapes
+
+
 def load_weights(
     build: Callable[[], M], folder: Path, component: str, dtype: torch.dtype, device: torch.device | str,
-    prefixes: tuple[str, ...] | None = None,
+    prefixes: tuple[str, ...] | None = None, lazy: bool = False,
 ) -> M:
     """Build a module with `build()` on the meta device and fill it from the component folder's weights.
 
     `prefixes` selects part of a multi-network file (see `read_state_dict`). Returns the module in eval mode with
     gradients off, on `device`. Raises `CheckpointError` naming the component
     and the first offending tensors when keys or shapes disagree with the module the config describes.
+    With `lazy`, only the files' headers are read and checked now: the module stays on the meta device until
+    `fill(module)` reads its weights, and `empty(module)` frees them again (`engine.offload`'s low-memory mode).
     """
     with torch.device("meta"), _SkipInitialization():
         module = build()
-    state = read_state_dict(folder, component, dtype, device, prefixes)
-    _check_keys(module, state, component)
-    module.load_state_dict(state, strict=True, assign=True)
-    leftover = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
-    if leftover:
-        raise CheckpointError(f"{component}: tensors not filled from the checkpoint: {', '.join(leftover[:3])}")
+
+    def read() -> None:
+        state = read_state_dict(folder, component, dtype, device, prefixes)
+        _check_keys(module, {k: v.shape for k, v in state.items()}, component)
+        module.load_state_dict(state, strict=True, assign=True)
+        leftover = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+        if leftover:
+            raise CheckpointError(f"{component}: tensors not filled from the checkpoint: {', '.join(leftover[:3])}")
+
+    if lazy:
+        _check_keys(module, read_shapes(folder, component, prefixes), component)
+        setattr(module, _FILL, read)
+    else:
+        read()
     return module.eval().requires_grad_(False)
 
 
+_FILL = "_dalle_fill"  # the attribute of a lazily loaded module that reads its weights
+
+
+def is_empty(module: nn.Module) -> bool:
+    """Whether a lazily loaded module holds no weights now."""
+    return any(t.is_meta for t in module.parameters())
+
+
+def fill(module: nn.Module) -> None:
+    """Read the weights of a module `load_weights(lazy=True)` built, unless it holds them already."""
+    if hasattr(module, _FILL) and is_empty(module):
+        getattr(module, _FILL)()
+
+
+def empty(module: nn.Module) -> None:
+    """Free the weights of a module `load_weights(lazy=True)` built (`fill` reads them again); others are kept."""
+    if hasattr(module, _FILL):
+        module.to("meta")
+
+
 def load_component(folder: Path, name: str, config_cls: type, module_cls: Callable[[Any], M], dtype: torch.dtype,
-                   device: torch.device | str) -> M:
+                   device: torch.device | str, lazy: bool = False) -> M:
     """The component `name` of a model folder: `module_cls(config)` for its `name/config.json`, filled from its
-    weights (see `load_weights`)."""
+    weights, now or with `lazy` when first needed (see `load_weights`)."""
     config = from_config(config_cls, read_json(folder / name / "config.json"))
-    return load_weights(lambda: module_cls(config), folder / name, name, dtype, device)
+    return load_weights(lambda: module_cls(config), folder / name, name, dtype, device, lazy=lazy)

@@ -57,6 +57,7 @@ def _make(display: Display, tally: Any, common: Common, settings: dict[str, Any]
     use_threads(common)
     default = default_model()
     options = {"device": common.device.value, "dtype": common.dtype.value, "low_vram": common.low_vram,
+               "low_memory": common.low_memory,
                "offline": common.offline}
     models = Models(common.model, default, settings, common.offline, options, display.note,
                     functools.partial(chosen, name=flag), common.parts, common.fast)

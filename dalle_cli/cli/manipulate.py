@@ -102,7 +102,7 @@ class Run:
         base = source.fast if common.fast else source.defaults
         self.settings = chosen(source, operation, base, given, "options", name=flag)
         self.model = load(source, device=common.device.value, dtype=common.dtype.value, low_vram=common.low_vram,
-                          on_notice=display.note)
+                          low_memory=common.low_memory, on_notice=display.note)
         self.model.prepare(operation)
         self.written: list[Path] = []
         # What a frame's command must repeat besides the inputs: the model, its parts and the settings given.

@@ -52,6 +52,9 @@ DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Precision: auto is fp1
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images made together (more is faster, and "
                                                                    "needs more memory).")]
 LowVramOpt = Annotated[bool, typer.Option("--low-vram", help="Keep only the running stage on the GPU.")]
+LowMemoryOpt = Annotated[bool, typer.Option(
+    "--low-memory", help="Hold only the running stage's weights, read again for every batch (a run of one batch "
+                         "on the CPU always does).")]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network (as HF_HUB_OFFLINE=1).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON record per image on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and --json records).")]
@@ -132,6 +135,7 @@ class Common:
     dtype: DTypeOpt = DType.auto
     batch_size: BatchOpt = 4
     low_vram: LowVramOpt = False
+    low_memory: LowMemoryOpt = False
     threads: ThreadsOpt = None
     fast: FastOpt = False
     offline: OfflineOpt = False

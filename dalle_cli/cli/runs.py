@@ -26,6 +26,7 @@ from PIL import Image
 
 from .. import __version__, load
 from ..api import ModelInfo, ProgressCallback
+from ..devices import resolve_device
 from ..errors import UsageError
 from ..images import load_image
 from ..settings import Settings
@@ -137,11 +138,17 @@ class Models:
             self.bases[key] = self.check(source, operation, base, self.given, "options")
         return self.bases[key]
 
-    def model(self, spec: str) -> Any:
-        """The loaded model of `spec`; loading another frees the one before (a run rarely switches models)."""
+    def model(self, spec: str, single: bool = False) -> Any:
+        """The loaded model of `spec`; loading another frees the one before (a run rarely switches models). For a
+        `single` batch on the CPU the model runs in low-memory mode (each stage's weights read when it starts and
+        freed when the next one does), which reads every weight once, as loading it whole does, and holds one
+        stage's at a time."""
         if self.loaded is None or self.loaded[0] != spec:
             self.loaded = None
-            self.loaded = (spec, load(self.sources[spec], **self.load_options, on_notice=self.notice))
+            options = dict(self.load_options)
+            if single and not options["low_vram"] and resolve_device(options["device"]).type == "cpu":
+                options["low_memory"] = True
+            self.loaded = (spec, load(self.sources[spec], **options, on_notice=self.notice))
         return self.loaded[1]
 
 
@@ -198,10 +205,11 @@ def run_key(identity: dict[str, Any]) -> str:
 
 @dataclass
 class Plan:
-    """What the checking pass found: the images to make, and the progress events of making them."""
+    """What the checking pass found: the images to make, the progress events of making them, and the batches."""
 
     todo: int = 0
     events: int = 0
+    batches: int = 0
 
 
 def _check(request: Request, planner: Planner, skip: bool, tally: Tally) -> Plan:
@@ -229,6 +237,7 @@ def _check(request: Request, planner: Planner, skip: bool, tally: Tally) -> Plan
 
     for batch in batches(todo(), request.batch_size):
         plan.todo += len(batch)
+        plan.batches += 1
         family = request.models.sources[batch[0].model].family
         plan.events += family.events(batch[0].operation, batch[0].settings)
     return plan
@@ -285,7 +294,7 @@ def _make(request: Request, planner: Planner, skip: bool, plan: Plan, manifest: 
 
     with reporter.progress(plan.todo, plan.events) as observer:
         for batch in batches(jobs(), request.batch_size):
-            model = request.models.model(batch[0].model)
+            model = request.models.model(batch[0].model, single=plan.batches == 1)
             model.prepare(batch[0].operation)
             if not started:  # the output folder is made only once a model is ready to make something
                 request.out.mkdir(parents=True, exist_ok=True)

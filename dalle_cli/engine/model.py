@@ -31,15 +31,17 @@ class Model:
 
     def __init__(self, parts: Any, info: ModelInfo | None, defaults: Settings, device: torch.device,
                  dtype: torch.dtype, low_vram: bool = False, source: ModelSource | None = None,
-                 on_notice: Callable[[str], None] | None = None) -> None:
+                 on_notice: Callable[[str], None] | None = None, low_memory: bool = False) -> None:
         if info is None and source is None:
             raise ValueError("a model needs its info or its source")
+        if low_vram and low_memory:
+            raise UsageError("low-VRAM and low-memory modes exclude each other: choose one")
         self.parts = parts
         self.defaults = defaults
         self.fast = source.fast if source is not None else defaults
         self.device = device
         self.dtype = dtype
-        self.residency = Residency(device, low_vram)
+        self.residency = Residency(device, low_vram, low_memory)
         self._info = info
         self._source = source
         self._on_notice = on_notice
@@ -53,6 +55,10 @@ class Model:
     @property
     def low_vram(self) -> bool:
         return self.residency.low_vram
+
+    @property
+    def low_memory(self) -> bool:
+        return self.residency.low_memory
 
     @property
     def max_tokens(self) -> int:

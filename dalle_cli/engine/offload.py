@@ -1,9 +1,12 @@
-"""Low-VRAM residency: which networks sit on the accelerator while a stage runs.
+"""Residency: which networks hold their weights where while a stage runs.
 
-Without low-VRAM mode every network stays where it was loaded, and nothing here changes state. In low-VRAM mode the
-networks wait on the CPU, and `hold` makes the running stage's networks the only ones on the accelerator, so one
-stage's weights at most are ever there. One accelerator cannot hold two stages at once, so in that mode a call takes
-`lock` for its whole length: calls from several threads then run one after the other, each with correct results.
+Without low-VRAM or low-memory mode every network stays where it was loaded, and nothing here changes state. In
+low-VRAM mode the networks wait on the CPU, and `hold` makes the running stage's networks the only ones on the
+accelerator, so one stage's weights at most are ever there. In low-memory mode the networks were loaded lazily
+(`checkpoint.load_weights(lazy=True)`): `hold` reads the running stage's weights from their files and frees the
+stage's before, so one stage's weights at most are ever in memory, at the cost of reading them once per call. Either
+way a call takes `lock` for its whole length, since one stage's room cannot hold two calls' stages: calls from
+several threads then run one after the other, each with correct results.
 """
 
 import threading
@@ -12,22 +15,26 @@ from typing import Iterator
 
 import torch
 
+from ..checkpoint import empty, fill
+
 
 class Residency:
-    """The networks a model holds on `device`; with `low_vram`, one stage's at a time."""
+    """The networks a model holds on `device`; with `low_vram`, one stage's at a time on the accelerator; with
+    `low_memory`, one stage's at a time in memory at all."""
 
-    def __init__(self, device: torch.device, low_vram: bool) -> None:
+    def __init__(self, device: torch.device, low_vram: bool, low_memory: bool = False) -> None:
         self.device = device
         self.low_vram = low_vram
+        self.low_memory = low_memory
         self.lock = threading.RLock()
         self._held: list[torch.nn.Module] = []
         self._depth = 0
 
     @contextmanager
     def call(self) -> Iterator[None]:
-        """The span of one model call: in low-VRAM mode it holds the lock, and the outermost call sends every network
-        back to the CPU at its end (also after an error), so the accelerator is free between calls."""
-        if not self.low_vram:
+        """The span of one model call: in low-VRAM or low-memory mode it holds the lock, and the outermost call
+        frees every network's room at its end (also after an error): the accelerator, or the memory."""
+        if not (self.low_vram or self.low_memory):
             yield
             return
         with self.lock:
@@ -40,13 +47,24 @@ class Residency:
                     self.hold()
 
     def holds(self, module: torch.nn.Module) -> bool:
-        """Whether `module` is on the accelerator now (always, without low-VRAM mode)."""
-        return not self.low_vram or any(module is held for held in self._held)
+        """Whether `module` is ready to run now (always, without low-VRAM or low-memory mode)."""
+        return not (self.low_vram or self.low_memory) or any(module is held for held in self._held)
 
     def hold(self, *modules: torch.nn.Module) -> None:
         """In low-VRAM mode, make `modules` the only networks on the accelerator: the ones held before go back to the
-        CPU first. Without low-VRAM mode, nothing moves. Call inside `call()`."""
-        if not self.low_vram or [id(m) for m in modules] == [id(m) for m in self._held]:
+        CPU first; in low-memory mode, the only ones with their weights read: the ones held before are freed first.
+        Otherwise nothing moves. Call inside `call()`."""
+        if [id(m) for m in modules] == [id(m) for m in self._held]:
+            return
+        if self.low_memory:
+            for module in self._held:
+                if all(module is not kept for kept in modules):
+                    empty(module)
+            for module in modules:
+                fill(module)
+            self._held = list(modules)
+            return
+        if not self.low_vram:
             return
         for module in self._held:
             if all(module is not kept for kept in modules):

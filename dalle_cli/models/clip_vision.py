@@ -88,12 +88,13 @@ class CLIPVisionEncoder(nn.Module):
 VISION_KEYS = ("vision_model.", "visual_projection.")
 
 
-def load_vision_encoder(folder: Path, dtype: torch.dtype, device: torch.device | str) -> CLIPVisionEncoder:
+def load_vision_encoder(folder: Path, dtype: torch.dtype, device: torch.device | str,
+                        lazy: bool = False) -> CLIPVisionEncoder:
     """Load the image encoder in `folder`: a `CLIPVisionModelWithProjection` folder (an unCLIP repo's
     `image_encoder/`), or a full CLIPModel folder such as openai/clip-vit-large-patch14, whose config nests
     `vision_config` and whose weights also hold the text tower, which is not read. Raises `CheckpointError` as
-    `dalle_cli.checkpoint.load_weights` does."""
+    `dalle_cli.checkpoint.load_weights` does, which with `lazy` reads the weights when first needed."""
     raw = read_json(folder / "config.json")
     config = from_config(CLIPVisionConfig, tower_config(raw, "vision_config"))
     prefixes = VISION_KEYS if "vision_config" in raw else None
-    return load_weights(lambda: CLIPVisionEncoder(config), folder, "image_encoder", dtype, device, prefixes)
+    return load_weights(lambda: CLIPVisionEncoder(config), folder, "image_encoder", dtype, device, prefixes, lazy)

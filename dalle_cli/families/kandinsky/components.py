@@ -58,8 +58,10 @@ def _check_layout(folder: Path, role: str, parts: tuple[str, ...]) -> None:
                               f"{missing[0]}/ or no model_index.json entry)")
 
 
-def load_components(prior: Path, decoder: Path, dtype: torch.dtype, device: torch.device) -> Components:
-    """Load the prior folder and the decoder folder onto `device` in `dtype`, all but the image encoder.
+def load_components(prior: Path, decoder: Path, dtype: torch.dtype, device: torch.device,
+                    lazy: bool = False) -> Components:
+    """Load the prior folder and the decoder folder onto `device` in `dtype`, all but the image encoder; with
+    `lazy`, each network's weights when it is first needed (`checkpoint.load_weights`).
 
     Raises `CheckpointError` for a missing component, weights that do not fit their config or a UNet that reads
     neither MoVQ's C latent channels nor the inpainting decoder's 2C + 1, and `UsageError` for a prior whose image
@@ -78,18 +80,18 @@ def load_components(prior: Path, decoder: Path, dtype: torch.dtype, device: torc
                          f"decoder in {decoder} reads {unet_config.encoder_hid_dim}-d ones: they are not a pair")
     return Components(
         tokenizer=Tokenizer.from_folder(prior / "tokenizer"),
-        text_encoder=load_component(prior, "text_encoder", CLIPTextConfig, CLIPTextEncoder, dtype, device),
-        prior=load_component(prior, "prior", PriorConfig, PriorTransformer, dtype, device),
+        text_encoder=load_component(prior, "text_encoder", CLIPTextConfig, CLIPTextEncoder, dtype, device, lazy),
+        prior=load_component(prior, "prior", PriorConfig, PriorTransformer, dtype, device, lazy),
         prior_scheduler=from_config(SchedulerConfig, read_json(prior / "scheduler" / "scheduler_config.json")),
-        unet=load_component(decoder, "unet", UNetConfig, UNet, dtype, device),
-        movq=load_component(decoder, "movq", MoVQConfig, MoVQ, dtype, device),
+        unet=load_component(decoder, "unet", UNetConfig, UNet, dtype, device, lazy),
+        movq=load_component(decoder, "movq", MoVQConfig, MoVQ, dtype, device, lazy),
         scheduler=from_config(DDPMConfig, read_json(decoder / "scheduler" / "scheduler_config.json")),
         preprocess=from_config(PreprocessConfig, read_json(prior / "image_processor" / "preprocessor_config.json")),
     )
 
 
-def load_image_encoder(prior: Path, dtype: torch.dtype, device: torch.device) -> CLIPVisionEncoder:
+def load_image_encoder(prior: Path, dtype: torch.dtype, device: torch.device, lazy: bool = False) -> CLIPVisionEncoder:
     """The bigG vision tower and projection of a prior folder (its `image_encoder/`)."""
     if not (prior / "image_encoder").is_dir():
         raise CheckpointError(f"{prior}: the Kandinsky 2.2 prior has no image_encoder/ folder")
-    return load_vision_encoder(prior / "image_encoder", dtype, device)
+    return load_vision_encoder(prior / "image_encoder", dtype, device, lazy)

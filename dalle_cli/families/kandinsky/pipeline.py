@@ -79,7 +79,7 @@ class Kandinsky(Model):
                 home = torch.device("cpu") if self.low_vram else self.device
                 role = "image_encoder" if self._source.has("image_encoder") else "prior"  # a local prior holds it
                 folder = self._source.folder(role, self._on_notice)
-                self.parts.image_encoder = load_image_encoder(folder, self.dtype, home)
+                self.parts.image_encoder = load_image_encoder(folder, self.dtype, home, self.low_memory)
             return self.parts.image_encoder
 
     # The operations.
@@ -365,11 +365,12 @@ def _example_prior() -> str:
 
 
 def load_model(source: ModelSource, *, device: str = "auto", dtype: str = "auto", low_vram: bool = False,
-               on_notice: Callable[[str], None] | None = None) -> Kandinsky:
+               low_memory: bool = False, on_notice: Callable[[str], None] | None = None) -> Kandinsky:
     """Load Kandinsky 2.2 from what `sources.locate` produced, fetching its two folders on first use.
 
     `device` is auto|cpu|cuda|mps and `dtype` auto|fp32|fp16|bf16 (auto: fp16 on accelerators, fp32 on the CPU).
-    With `low_vram`, networks wait on the CPU and only the stage running sits on the accelerator. Raises `UsageError`
+    With `low_vram`, networks wait on the CPU and only the stage running sits on the accelerator; with `low_memory`,
+    networks wait in their files and only the stage running holds its weights (`engine.offload`). Raises `UsageError`
     for a decoder without a prior (hint "part") and for a prior and decoder that do not fit together."""
     if not source.has("prior"):
         raise UsageError(f"{source.name} is a Kandinsky 2.2 decoder and needs a prior", hint="part", role="prior",
@@ -382,6 +383,6 @@ def load_model(source: ModelSource, *, device: str = "auto", dtype: str = "auto"
     home = torch.device("cpu") if low_vram else target
     decoder = source.folder("decoder", on_notice)
     prior = source.folder("prior", on_notice)
-    parts = load_components(prior, decoder, precision, home)
+    parts = load_components(prior, decoder, precision, home, low_memory)
     assert isinstance(source.defaults, KandinskySettings)
-    return Kandinsky(parts, None, source.defaults, target, precision, low_vram, source, on_notice)
+    return Kandinsky(parts, None, source.defaults, target, precision, low_vram, source, on_notice, low_memory)

@@ -64,8 +64,9 @@ def _image_encoder_folders(folder: Path, image_encoder: Path | None) -> tuple[Pa
 
 
 def load_components(folder: Path, dtype: torch.dtype, device: torch.device,
-                    image_encoder: Path | None = None) -> Components:
-    """Load the model in `folder` onto `device` in `dtype`.
+                    image_encoder: Path | None = None, lazy: bool = False) -> Components:
+    """Load the model in `folder` onto `device` in `dtype`; with `lazy`, each network's weights when it is first
+    needed (`checkpoint.load_weights`).
 
     Raises `CheckpointError` for a folder that is not an unCLIP model, a missing component, or weights that do not
     fit their config. The prior is loaded when the model has one; the image encoder when the model folder has one or
@@ -81,25 +82,25 @@ def load_components(folder: Path, dtype: torch.dtype, device: torch.device,
         raise CheckpointError(f"{folder}: component 'prior' is missing (no folder prior/)")
     parts = Components(
         tokenizer=Tokenizer.from_folder(folder / "tokenizer"),
-        text_encoder=load_component(folder, "text_encoder", CLIPTextConfig, CLIPTextEncoder, dtype, device),
-        text_proj=load_component(folder, "text_proj", TextProjConfig, TextProjection, dtype, device),
-        decoder=load_component(folder, "decoder", UNetConfig, UNet, dtype, device),
-        super_res_first=load_component(folder, "super_res_first", UNetConfig, UNet, dtype, device),
-        super_res_last=load_component(folder, "super_res_last", UNetConfig, UNet, dtype, device),
+        text_encoder=load_component(folder, "text_encoder", CLIPTextConfig, CLIPTextEncoder, dtype, device, lazy),
+        text_proj=load_component(folder, "text_proj", TextProjConfig, TextProjection, dtype, device, lazy),
+        decoder=load_component(folder, "decoder", UNetConfig, UNet, dtype, device, lazy),
+        super_res_first=load_component(folder, "super_res_first", UNetConfig, UNet, dtype, device, lazy),
+        super_res_last=load_component(folder, "super_res_last", UNetConfig, UNet, dtype, device, lazy),
         decoder_scheduler=_scheduler(folder / "decoder_scheduler"),
         super_res_scheduler=_scheduler(folder / "super_res_scheduler"),
     )
     if has_prior:
-        parts.prior = load_component(folder, "prior", PriorConfig, PriorTransformer, dtype, device)
+        parts.prior = load_component(folder, "prior", PriorConfig, PriorTransformer, dtype, device, lazy)
         parts.prior_scheduler = _scheduler(folder / "prior_scheduler")
     encoder_folders = _image_encoder_folders(folder, image_encoder)
     if encoder_folders is not None:
-        parts.image_encoder, parts.preprocess = load_image_encoder(*encoder_folders, dtype, device)
+        parts.image_encoder, parts.preprocess = load_image_encoder(*encoder_folders, dtype, device, lazy)
     return parts
 
 
-def load_image_encoder(weights: Path, processor: Path, dtype: torch.dtype,
-                       device: torch.device) -> tuple[CLIPVisionEncoder, PreprocessConfig]:
+def load_image_encoder(weights: Path, processor: Path, dtype: torch.dtype, device: torch.device,
+                       lazy: bool = False) -> tuple[CLIPVisionEncoder, PreprocessConfig]:
     """The CLIP vision tower in `weights` and the preprocessing config in `processor`'s preprocessor_config.json."""
     preprocess = from_config(PreprocessConfig, read_json(processor / "preprocessor_config.json"))
-    return load_vision_encoder(weights, dtype, device), preprocess
+    return load_vision_encoder(weights, dtype, device, lazy), preprocess

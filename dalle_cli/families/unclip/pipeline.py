@@ -72,7 +72,8 @@ class UnCLIP(Model):
                 raise UsageError(f"{self.info.name} has no image encoder, so it cannot {doing}")
             folder = self._source.folder("image_encoder", self._on_notice)
             home = torch.device("cpu") if self.low_vram else self.device
-            self.parts.image_encoder, self.parts.preprocess = load_image_encoder(folder, folder, self.dtype, home)
+            self.parts.image_encoder, self.parts.preprocess = load_image_encoder(folder, folder, self.dtype, home,
+                                                                                 self.low_memory)
 
     # The operations.
 
@@ -357,16 +358,17 @@ class UnCLIP(Model):
 
 
 def load_model(source: ModelSource, *, device: str = "auto", dtype: str = "auto", low_vram: bool = False,
-               on_notice: Callable[[str], None] | None = None) -> UnCLIP:
+               low_memory: bool = False, on_notice: Callable[[str], None] | None = None) -> UnCLIP:
     """Load an unCLIP model from what `sources.locate` produced, fetching its folder on first use.
 
     `device` is auto|cpu|cuda|mps and `dtype` auto|fp32|fp16|bf16 (auto: fp16 on accelerators, fp32 on the CPU).
-    With `low_vram`, components wait on the CPU and only the stage running sits on the accelerator.
+    With `low_vram`, components wait on the CPU and only the stage running sits on the accelerator; with
+    `low_memory`, they wait in their files and only the stage running holds its weights (`engine.offload`).
     """
     target = resolve_device(device)
     precision = resolve_dtype(dtype, target)
     home = torch.device("cpu") if low_vram else target
     folder = source.folder("model", on_notice)
-    parts = load_components(folder, precision, home)
+    parts = load_components(folder, precision, home, lazy=low_memory)
     assert isinstance(source.defaults, UnCLIPSettings)
-    return UnCLIP(parts, None, source.defaults, target, precision, low_vram, source, on_notice)
+    return UnCLIP(parts, None, source.defaults, target, precision, low_vram, source, on_notice, low_memory)
