@@ -1,7 +1,9 @@
 """A Karlo checkpoint with random weights, built with dalle's own modules and saved in the hub layout.
 
 Full size (`small=False`) uses Karlo's real configs from tests/data/reference; `small=True` keeps their block layout at
-the tests' toy widths (tests/tiny_karlo.py's defaults), for a CPU run. No diffusers or transformers is needed:
+the tests' toy widths (tests/tiny_karlo.py's defaults), for a CPU run; `narrow=True` keeps every depth, block type,
+attention layout and resolution of Karlo's configs at 1/32 of their widths (`WIDTH_KEYS`), for a CPU benchmark with
+Karlo's real layer counts (benchmarks/pipeline_speed.py). No diffusers or transformers is needed:
 dalle's parameter names are the hub checkpoint keys, so `state_dict()` saved as safetensors next to the real
 `config.json` is a folder that both dalle and diffusers' UnCLIPPipeline load.
 
@@ -74,6 +76,26 @@ SMALL_OVERRIDES: dict[str, dict[str, Any]] = {
     "super_res_first": {**_TOY_UNET, "sample_size": 32},
     "super_res_last": dict(_TOY_UNET),
 }
+# Karlo's real depths at reduced widths (`Recipe.narrow`): the keys of each network's config that are widths, all
+# divided by NARROW_DIVISOR; every layer count, block type, attention layout and resolution stays Karlo's. Head
+# counts stay Karlo's (the heads get narrower), as do the GroupNorm group sizes (10 channels a group, as 320 / 32),
+# which keeps every channel count a multiple of its groups. The super-resolution UNets have no attention: their
+# attention_head_dim is unused and stays. The one exception is the decoder's heads, see NARROW_HEADS.
+NARROW_DIVISOR = 32
+WIDTH_KEYS: dict[str, tuple[str, ...]] = {
+    "text_encoder": ("hidden_size", "intermediate_size", "projection_dim"),
+    "prior": ("embedding_dim", "attention_head_dim"),
+    "text_proj": ("clip_embeddings_dim", "cross_attention_dim", "time_embed_dim"),
+    "decoder": ("block_out_channels", "cross_attention_dim", "norm_num_groups"),
+    "super_res_first": ("block_out_channels", "norm_num_groups"),
+    "super_res_last": ("block_out_channels", "norm_num_groups"),
+}
+# The decoder's attention over the 32×32 level's 1,024 pixel tokens builds heads × 1,024 × 1,105 scores a layer,
+# whatever the width: with Karlo's 10 heads (2 channels wide at these widths) the narrow decoder spent most of its time
+# on those score matrices, a small share of the work at Karlo's widths (on one busy CPU thread, 0.61 s a call at batch
+# 2, against 0.22 s with the heads below). So its heads are 10 channels wide: 2, 3 and 4 heads at the three attention
+# levels, a fifth of Karlo's 10, 15 and 20.
+NARROW_HEADS: dict[str, dict[str, Any]] = {"decoder": {"attention_head_dim": 10}}
 
 
 @dataclass(frozen=True)
@@ -86,12 +108,30 @@ class Recipe:
     prediction: str = "sample"  # the decoder's and super-resolution's prediction_type; see the module docstring
     damp: dict[str, float] = field(default_factory=lambda: dict(DAMP))
     version: int = RECIPE_VERSION
+    narrow: bool = False  # Karlo's real depths at 1/NARROW_DIVISOR of its widths (only with small=False)
 
 
-def network_config(name: str, small: bool) -> dict[str, Any]:
-    """The raw `config.json` of one network: Karlo's, with the toy widths laid over it when `small`."""
+def _divided(value: Any, where: str) -> Any:
+    """`value` (an int or a list of ints) divided by NARROW_DIVISOR, which must divide it."""
+    if isinstance(value, list):
+        return [_divided(v, where) for v in value]
+    if value % NARROW_DIVISOR:
+        raise ValueError(f"{where} = {value} is not a multiple of {NARROW_DIVISOR}")
+    return value // NARROW_DIVISOR
+
+
+def network_config(name: str, small: bool, narrow: bool = False) -> dict[str, Any]:
+    """The raw `config.json` of one network: Karlo's, with the toy widths laid over it when `small`, or with its
+    widths narrowed when `narrow` (`WIDTH_KEYS`, `NARROW_HEADS`)."""
     raw = read_json(KARLO / name / "config.json")
-    return {**raw, **SMALL_OVERRIDES[name]} if small else raw
+    if small and narrow:
+        raise ValueError("narrow keeps Karlo's depths, small changes them: choose one")
+    if small:
+        return {**raw, **SMALL_OVERRIDES[name]}
+    if narrow:
+        widths = {key: _divided(raw[key], f"{name}.{key}") for key in WIDTH_KEYS[name]}
+        return {**raw, **widths, **NARROW_HEADS.get(name, {})}
+    return raw
 
 
 def build_network(name: str, raw: dict[str, Any]) -> torch.nn.Module:
@@ -187,7 +227,7 @@ def save_random_karlo(folder: Path, recipe: Recipe, device: torch.device,
     build_s = save_s = 0.0
     size = parameters = 0
     for index, (name, (_, _, weights)) in enumerate(NETWORKS.items()):
-        raw = network_config(name, recipe.small)
+        raw = network_config(name, recipe.small, recipe.narrow)
         count, saved, built, wrote = save_network(
             folder / name, weights, raw, partial(build_network, name, raw),
             partial(_randomize, name, damp=recipe.damp), dtype, device,

@@ -5,7 +5,8 @@
 JOB.json names the model folder, device, dtype, prompts, seeds, batch size, CPU threads, the sampling settings
 and a shorter warm-up setting, and two output paths: `images` gets the images as a float32 tensor [N, H, W, 3] in [0, 1]
 (diffusers' output_type="np", saved with torch.save), `result` a JSON object {"load_s", "load_peak_bytes",
-"resident_bytes", "sample_s", "sample_peak_bytes", "versions"}. Each image i gets its own
+"resident_bytes", "sample_s", "sample_peak_bytes", "versions", ...}; with `batches` (a list of batch sizes) instead of
+`batch`, one timed call of b images at each (benchmarks/pipeline_speed.py). Each image i gets its own
 `torch.Generator("cpu").manual_seed(seeds[i])`, as dalle seeds it (benchmarks/bench_timing.py's `run_reference_job`
 does all that). It runs in its own process so that its memory figures start from an empty GPU and its import of
 diffusers never touches dalle's process; on the GPU machine, diffusers and transformers come as wheels on PYTHONPATH.
