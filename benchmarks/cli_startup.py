@@ -1,6 +1,6 @@
 """How long the `dalle` command takes, process start included: `dalle --help`, `dalle models`, one `dalle gen` on
 the tiny test checkpoint (built with the test oracles into a temporary folder) and one on the embedded `shapes`
-model with its default settings (issue #4's 3-second figure).
+model with its default settings (issue #4's 3-second figure) and with `--fast`.
 
     python3 benchmarks/cli_startup.py [--runs 5] [--steps 2]
 
@@ -52,6 +52,7 @@ def main() -> None:
             "dalle models": ["models"],
             "dalle gen (tiny checkpoint, 1 image)": [*gen, "-m", str(model), *steps],
             "dalle gen -m shapes (1 image)": [*gen, "-m", "shapes"],
+            "dalle gen -m shapes --fast (1 image)": [*gen, "-m", "shapes", "--fast"],
         }
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {options.runs} runs each, process start "
               "included")

@@ -1,9 +1,11 @@
 """`dalle gen` on a quiet and on a busy machine, by thread count: what `--threads` should default to.
 
     python benchmarks/threads_busy.py [--model shapes] [--prompt "a red circle"] [--hogs 0 1 2] [--threads 1 2 0]
+        [--kind spin|torch]
 
-For each number of hogs (processes that each spin one core for the whole measurement, as other work on the machine
-would) and each thread count (0: the default, `--threads` not given), times one `dalle gen -m MODEL PROMPT` as a
+For each number of hogs (processes that each keep one core busy for the whole measurement, as other work on the
+machine would: `spin`, a Python loop, or `torch`, matrix products on as many torch threads as there are cores, which
+is another torch program's kind of load) and each thread count (0: the default, `--threads` not given), times one `dalle gen -m MODEL PROMPT` as a
 new process, start-up included, and prints a table of seconds, with the thread count the default picks, computed
 as the CLI computes it (`devices.idle_cores`) just before the runs. The hogs start a second before the first run, so
 that the machine is busy when the default looks.
@@ -25,6 +27,15 @@ def spin() -> None:
         pass
 
 
+def products() -> None:
+    """Keep torch's threads (one per core) busy with matrix products until killed."""
+    import torch
+
+    a = torch.randn(512, 512)
+    while True:
+        a = torch.tanh(a @ a)
+
+
 def timed_gen(model: str, prompt: str, threads: int, out: Path) -> float:
     """Seconds one `dalle gen` process takes, from its start to its exit."""
     command = [sys.executable, "-m", "dalle_cli", "gen", prompt, "-m", model, "--seed", "1", "-o", str(out), "-q"]
@@ -42,15 +53,18 @@ def main() -> None:
     parser.add_argument("--prompt", default="a red circle")
     parser.add_argument("--hogs", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2, 0], help="0: the default")
+    parser.add_argument("--kind", choices=["spin", "torch"], default="spin", help="what a hog runs")
     args = parser.parse_args()
     from dalle_cli.devices import idle_cores
 
-    print(f"{os.cpu_count()} cores; dalle gen -m {args.model} {args.prompt!r}, seconds with process start")
+    print(f"{os.cpu_count()} cores; dalle gen -m {args.model} {args.prompt!r}, seconds with process start; "
+          f"hogs: {args.kind}")
     print(f"{'hogs':>4}  " + "  ".join(f"{'default' if t == 0 else f'{t} threads':>10}" for t in args.threads)
           + "  default chose")
     with tempfile.TemporaryDirectory() as work:
         for hogs in args.hogs:
-            workers = [multiprocessing.Process(target=spin, daemon=True) for _ in range(hogs)]
+            target = spin if args.kind == "spin" else products
+            workers = [multiprocessing.Process(target=target, daemon=True) for _ in range(hogs)]
             for worker in workers:
                 worker.start()
             time.sleep(1.0)

@@ -1,8 +1,9 @@
 """Read one component of a model folder in the diffusers hub layout into one of our modules.
 
 A component folder holds `config.json` and its weights as `*.safetensors`, or as shards listed by a
-`*.safetensors.index.json`. The module is built on the `meta` device, and each tensor is then read straight to the
-requested device and dtype and assigned in place, so an fp16 load never holds a full fp32 copy.
+`*.safetensors.index.json`. The module is built on the `meta` device, and each tensor is then read from the file on
+its own, cast to the requested dtype, placed on the requested device and assigned in place, so a load holds every
+weight once, plus one tensor's stored bytes at a time.
 
 Parameter names follow the checkpoint keys, so loading is strict. The one table of exceptions is `IGNORED_KEYS`
 below: tensors that older library versions saved but that our modules compute instead.
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
-from safetensors import safe_open
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -69,30 +69,80 @@ def weight_files(folder: Path, component: str) -> list[Path]:
     raise CheckpointError(f"{component}: no *.safetensors weights in {folder}")
 
 
+# The safetensors dtype names (the format's header) and the torch dtypes they are read as.
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+def _header(f: Any, path: Path, component: str) -> tuple[dict[str, dict[str, Any]], int]:
+    """The tensor entries of an open safetensors file's header (key -> {"dtype", "shape", "data_offsets"}) and where
+    its data starts. Raises `CheckpointError` for a file that is not safetensors, or is cut short."""
+    def unreadable(why: str) -> CheckpointError:
+        return CheckpointError(f"{component}: {path.name} is not a readable safetensors file ({why})")
+
+    size = path.stat().st_size
+    raw = f.read(8)
+    length = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+    if not 0 < length <= size - 8:
+        raise unreadable("no header")
+    try:
+        header = json.loads(f.read(length))
+    except ValueError as e:
+        raise unreadable(f"header: {e}") from None
+    header.pop("__metadata__", None)
+    start = 8 + length
+    for key, entry in header.items():
+        begin, end = entry.get("data_offsets", (0, -1))
+        if entry.get("dtype") not in SAFETENSORS_DTYPES or not 0 <= begin <= end or start + end > size:
+            raise unreadable(f"tensor {key} lies outside the file or has an unknown dtype")
+    return header, start
+
+
 def read_state_dict(
     folder: Path, component: str, dtype: torch.dtype, device: torch.device | str,
     prefixes: tuple[str, ...] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The tensors of a component, floating ones cast to `dtype`, each read directly onto `device`.
+    """The tensors of a component, floating ones cast to `dtype`, each read onto `device`.
 
     With `prefixes`, only keys that start with one of them are read: a file that holds several networks (openai's
-    CLIP checkpoints hold both towers) serves one of them without reading the others.
+    CLIP checkpoints hold both towers) serves one of them without reading the others. Each tensor is read from the
+    file on its own into a buffer of its stored bytes, which becomes its storage when it keeps its dtype and stays
+    on the CPU and is freed once it is cast or moved otherwise, so a load holds at most one tensor twice (a
+    memory-mapped file would count the whole file as resident while it is read).
     """
     state: dict[str, torch.Tensor] = {}
     for path in weight_files(folder, component):
         _check_readable(path, component)
-        try:
-            with safe_open(str(path), framework="pt", device=str(device)) as f:
-                for key in f.keys():
-                    if IGNORED_KEYS.search(key) or (prefixes is not None and not key.startswith(prefixes)):
-                        continue
-                    tensor = f.get_tensor(key)
-                    state[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
-        except CheckpointError:
-            raise
-        except Exception as e:  # safetensors raises its own error types, and OSError for I/O
-            raise CheckpointError(f"{component}: {path.name} is not a readable safetensors file ({e})") from None
+        with open(path, "rb") as f:
+            header, start = _header(f, path, component)
+            for key, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+                if IGNORED_KEYS.search(key) or (prefixes is not None and not key.startswith(prefixes)):
+                    continue
+                begin, end = entry["data_offsets"]
+                f.seek(start + begin)
+                buffer = bytearray(end - begin)
+                if f.readinto(buffer) != len(buffer):
+                    raise CheckpointError(f"{component}: {path.name} is not a readable safetensors file "
+                                          f"(tensor {key} is cut short)")
+                stored = SAFETENSORS_DTYPES[entry["dtype"]]
+                tensor = torch.frombuffer(buffer, dtype=stored) if buffer else torch.empty(0, dtype=stored)
+                tensor = tensor.reshape(entry["shape"])  # its storage is the buffer: no copy when kept as stored
+                state[key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else stored)
     return state
+
+
+def read_shapes(folder: Path, component: str, prefixes: tuple[str, ...] | None = None) -> dict[str, torch.Size]:
+    """The shape of every tensor `read_state_dict` would read, from the files' headers alone (no tensor is read)."""
+    shapes: dict[str, torch.Size] = {}
+    for path in weight_files(folder, component):
+        _check_readable(path, component)
+        with open(path, "rb") as f:
+            header, _ = _header(f, path, component)
+        for key, entry in header.items():
+            if not (IGNORED_KEYS.search(key) or (prefixes is not None and not key.startswith(prefixes))):
+                shapes[key] = torch.Size(entry["shape"])
+    return shapes
 
 
 def _check_readable(path: Path, component: str) -> None:
@@ -127,24 +177,10 @@ def _check_keys(module: nn.Module, shapes: dict[str, torch.Size], component: str
             )
 
 
-def read_shapes(folder: Path, component: str, prefixes: tuple[str, ...] | None = None) -> dict[str, torch.Size]:
-    """The shape of every tensor `read_state_dict` would read, from the files' headers alone (no tensor is read)."""
-    shapes: dict[str, torch.Size] = {}
-    for path in weight_files(folder, component):
-        _check_readable(path, component)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                for key in f.keys():
-                    if not (IGNORED_KEYS.search(key) or (prefixes is not None and not key.startswith(prefixes))):
-                        shapes[key] = torch.Size(f.get_slice(key).get_shape())
-        except Exception as e:  # safetensors raises its own error types, and OSError for I/O
-            raise CheckpointError(f"{component}: {path.name} is not a readable safetensors file ({e})") from None
-    return shapes
-
-
 def load_weights(
     build: Callable[[], M], folder: Path, component: str, dtype: torch.dtype, device: torch.device | str,
     prefixes: tuple[str, ...] | None = None, lazy: bool = False,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> M:
     """Build a module with `build()` on the meta device and fill it from the component folder's weights.
 
@@ -153,6 +189,7 @@ def load_weights(
     and the first offending tensors when keys or shapes disagree with the module the config describes.
     With `lazy`, only the files' headers are read and checked now: the module stays on the meta device until
     `fill(module)` reads its weights, and `empty(module)` frees them again (`engine.offload`'s low-memory mode).
+    The 4-d weights are laid out in `memory_format` (`devices.conv_layout`).
     """
     with torch.device("meta"), _SkipInitialization():
         module = build()
@@ -161,6 +198,8 @@ def load_weights(
         state = read_state_dict(folder, component, dtype, device, prefixes)
         _check_keys(module, {k: v.shape for k, v in state.items()}, component)
         module.load_state_dict(state, strict=True, assign=True)
+        if memory_format != torch.contiguous_format:
+            module.to(memory_format=memory_format)
         leftover = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
         if leftover:
             raise CheckpointError(f"{component}: tensors not filled from the checkpoint: {', '.join(leftover[:3])}")
@@ -194,8 +233,10 @@ def empty(module: nn.Module) -> None:
 
 
 def load_component(folder: Path, name: str, config_cls: type, module_cls: Callable[[Any], M], dtype: torch.dtype,
-                   device: torch.device | str, lazy: bool = False) -> M:
+                   device: torch.device | str, lazy: bool = False,
+                   memory_format: torch.memory_format = torch.contiguous_format) -> M:
     """The component `name` of a model folder: `module_cls(config)` for its `name/config.json`, filled from its
-    weights, now or with `lazy` when first needed (see `load_weights`)."""
+    weights, now or with `lazy` when first needed, in `memory_format` (see `load_weights`)."""
     config = from_config(config_cls, read_json(folder / name / "config.json"))
-    return load_weights(lambda: module_cls(config), folder / name, name, dtype, device, lazy=lazy)
+    return load_weights(lambda: module_cls(config), folder / name, name, dtype, device, lazy=lazy,
+                        memory_format=memory_format)

@@ -44,6 +44,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def conv_layout(device: torch.device) -> torch.memory_format:
+    """The memory layout of a UNet's convolution weights on `device`: channels-last on the CPU, where oneDNN's
+    convolutions run it faster at the same results to float rounding (benchmarks/pipeline_speed.py), and PyTorch's
+    default elsewhere, where it has not been measured."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def threads(requested: int | None = None) -> int:
     """How many intra-op threads to run torch with: `requested`, else `$DALLE_THREADS`, else `idle_cores()`.
 

@@ -232,3 +232,22 @@ def test_usage_errors() -> None:
         ours(**{**inputs, "encoder_hidden_states": None}, timestep=1)
     with pytest.raises(UsageError, match="class_labels are required"):
         ours(**{**inputs, "class_labels": None}, timestep=1)
+
+
+def test_a_channels_last_unet_gives_the_contiguous_ones_output_to_float_rounding() -> None:
+    """On the CPU the families load UNets channels-last (`devices.conv_layout`): the input follows the weights'
+    layout, the output comes back contiguous, and the values are the default layout's to float rounding."""
+    from dalle_cli.checkpoint import load_component
+    from dalle_cli.devices import conv_layout
+
+    folder = Path(__file__).resolve().parent.parent / "weights" / "shapes"
+    assert conv_layout(torch.device("cpu")) == torch.channels_last
+    plain = load_component(folder, "super_res_first", UNetConfig, UNet, torch.float32, "cpu")
+    fast = load_component(folder, "super_res_first", UNetConfig, UNet, torch.float32, "cpu",
+                          memory_format=torch.channels_last)
+    assert fast.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, plain.config.in_channels, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected, got = plain(x, 300), fast(x, 300)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

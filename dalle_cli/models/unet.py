@@ -293,7 +293,11 @@ class UNet(nn.Module):
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # [B, 1, 1, S]
         context = self.encoder_hid_proj(image_embeds) if c.context_from_image else encoder_hidden_states
 
-        x = self.conv_in(sample)  # [B, C0, H, W]
+        # The input follows the weights' layout (channels-last on the CPU, `devices.conv_layout`); so do the states.
+        weight = self.conv_in.weight
+        channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        x = self.conv_in(sample.contiguous(memory_format=layout))  # [B, C0, H, W]
         skips = [x]
         for block in self.down_blocks:
             x, states = block(x, temb, context, mask)
@@ -303,5 +307,5 @@ class UNet(nn.Module):
             n = len(block.resnets)
             x = block(x, skips[-n:], temb, context, mask)
             del skips[-n:]
-        return self.conv_out(self.out_act(self.conv_norm_out(x)))  # [B, out_channels, H, W]
+        return self.conv_out(self.out_act(self.conv_norm_out(x))).contiguous()  # [B, out_channels, H, W]
 

@@ -15,6 +15,7 @@ import torch
 
 from ...checkpoint import load_component
 from ...configs import from_config, read_json
+from ...devices import conv_layout
 from ...diffusion.ddpm import DDPMConfig
 from ...diffusion.schedule import SchedulerConfig
 from ...errors import CheckpointError, UsageError
@@ -83,7 +84,7 @@ def load_components(prior: Path, decoder: Path, dtype: torch.dtype, device: torc
         text_encoder=load_component(prior, "text_encoder", CLIPTextConfig, CLIPTextEncoder, dtype, device, lazy),
         prior=load_component(prior, "prior", PriorConfig, PriorTransformer, dtype, device, lazy),
         prior_scheduler=from_config(SchedulerConfig, read_json(prior / "scheduler" / "scheduler_config.json")),
-        unet=load_component(decoder, "unet", UNetConfig, UNet, dtype, device, lazy),
+        unet=load_component(decoder, "unet", UNetConfig, UNet, dtype, device, lazy, conv_layout(device)),
         movq=load_component(decoder, "movq", MoVQConfig, MoVQ, dtype, device, lazy),
         scheduler=from_config(DDPMConfig, read_json(decoder / "scheduler" / "scheduler_config.json")),
         preprocess=from_config(PreprocessConfig, read_json(prior / "image_processor" / "preprocessor_config.json")),

@@ -13,6 +13,7 @@ import torch
 from ...checkpoint import load_component
 from ...configs import from_config, read_json
 from ...diffusion.schedule import SchedulerConfig
+from ...devices import conv_layout
 from ...errors import CheckpointError
 from ...images import PreprocessConfig
 from ...models.clip_text import CLIPTextConfig, CLIPTextEncoder
@@ -80,13 +81,14 @@ def load_components(folder: Path, dtype: torch.dtype, device: torch.device,
     has_prior = "prior" in index
     if has_prior and not (folder / "prior").is_dir():
         raise CheckpointError(f"{folder}: component 'prior' is missing (no folder prior/)")
+    layout = conv_layout(torch.device(device))
     parts = Components(
         tokenizer=Tokenizer.from_folder(folder / "tokenizer"),
         text_encoder=load_component(folder, "text_encoder", CLIPTextConfig, CLIPTextEncoder, dtype, device, lazy),
         text_proj=load_component(folder, "text_proj", TextProjConfig, TextProjection, dtype, device, lazy),
-        decoder=load_component(folder, "decoder", UNetConfig, UNet, dtype, device, lazy),
-        super_res_first=load_component(folder, "super_res_first", UNetConfig, UNet, dtype, device, lazy),
-        super_res_last=load_component(folder, "super_res_last", UNetConfig, UNet, dtype, device, lazy),
+        decoder=load_component(folder, "decoder", UNetConfig, UNet, dtype, device, lazy, layout),
+        super_res_first=load_component(folder, "super_res_first", UNetConfig, UNet, dtype, device, lazy, layout),
+        super_res_last=load_component(folder, "super_res_last", UNetConfig, UNet, dtype, device, lazy, layout),
         decoder_scheduler=_scheduler(folder / "decoder_scheduler"),
         super_res_scheduler=_scheduler(folder / "super_res_scheduler"),
     )
