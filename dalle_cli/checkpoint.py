@@ -99,6 +99,11 @@ def _header(f: Any, path: Path, component: str) -> tuple[dict[str, dict[str, Any
     return header, start
 
 
+def _wanted(key: str, prefixes: tuple[str, ...] | None) -> bool:
+    """Whether a checkpoint key is read: not one of `IGNORED_KEYS`, and under one of `prefixes` when given."""
+    return not IGNORED_KEYS.search(key) and (prefixes is None or key.startswith(prefixes))
+
+
 def read_state_dict(
     folder: Path, component: str, dtype: torch.dtype, device: torch.device | str,
     prefixes: tuple[str, ...] | None = None,
@@ -117,7 +122,7 @@ def read_state_dict(
         with open(path, "rb") as f:
             header, start = _header(f, path, component)
             for key, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-                if IGNORED_KEYS.search(key) or (prefixes is not None and not key.startswith(prefixes)):
+                if not _wanted(key, prefixes):
                     continue
                 begin, end = entry["data_offsets"]
                 f.seek(start + begin)
@@ -140,7 +145,7 @@ def read_shapes(folder: Path, component: str, prefixes: tuple[str, ...] | None =
         with open(path, "rb") as f:
             header, _ = _header(f, path, component)
         for key, entry in header.items():
-            if not (IGNORED_KEYS.search(key) or (prefixes is not None and not key.startswith(prefixes))):
+            if _wanted(key, prefixes):
                 shapes[key] = torch.Size(entry["shape"])
     return shapes
 

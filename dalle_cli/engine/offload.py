@@ -54,23 +54,19 @@ class Residency:
         """In low-VRAM mode, make `modules` the only networks on the accelerator: the ones held before go back to the
         CPU first; in low-memory mode, the only ones with their weights read: the ones held before are freed first.
         Otherwise nothing moves. Call inside `call()`."""
-        if [id(m) for m in modules] == [id(m) for m in self._held]:
-            return
-        if self.low_memory:
-            for module in self._held:
-                if all(module is not kept for kept in modules):
-                    empty(module)
-            for module in modules:
-                fill(module)
-            self._held = list(modules)
-            return
-        if not self.low_vram:
+        if not (self.low_vram or self.low_memory) or [id(m) for m in modules] == [id(m) for m in self._held]:
             return
         for module in self._held:
             if all(module is not kept for kept in modules):
-                module.to("cpu")
-        if self.device.type == "cuda":
+                if self.low_memory:
+                    empty(module)
+                else:
+                    module.to("cpu")
+        if self.low_vram and self.device.type == "cuda":
             torch.cuda.empty_cache()
         for module in modules:
-            module.to(self.device)
+            if self.low_memory:
+                fill(module)
+            else:
+                module.to(self.device)
         self._held = list(modules)
