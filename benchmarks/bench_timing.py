@@ -81,11 +81,11 @@ def run_job(job: dict[str, Any], load: Callable[[], Any], sample: Sampler, versi
     """Time a text-to-image implementation as a JOB.json asks (see benchmarks/karlo_reference.py): the body of both
     diffusers reference scripts (through `run_reference_job`) and of dalle's (benchmarks/dalle_job.py).
 
-    Sets torch's CPU threads to `job["threads"]` (the same for every implementation, for a fair CPU timing),
-    measures `load()` (the model on its device), then, under inference mode, does each timed run of `_runs(job)`
-    twice: with the `job["warmup"]` settings (kept out of the timing: first-call costs; a `warmup` of None skips
-    it), then measured with `job["settings"]`. `sample(model, prompts, seeds, settings)` makes one batch, image i from seed i as dalle seeds
-    it, as float32 [B, H, W, 3] in [0, 1] on the CPU. Writes the timed runs' images, concatenated in order, to
+    Sets torch's CPU threads to `job["threads"]` (the same for every implementation, for a fair CPU timing), measures
+    `load()` (the model on its device), then, under inference mode, does each timed run of `_runs(job)` twice: with the
+    `job["warmup"]` settings (kept out of the timing: first-call costs; a `warmup` of None skips it), then measured with
+    `job["settings"]`. `sample(model, prompts, seeds, settings)` makes one batch, image i from seed i as dalle seeds it,
+    as float32 [B, H, W, 3] in [0, 1] on the CPU. Writes the timed runs' images, concatenated in order, to
     `job["images"]` and the figures, with `versions`, to `job["result"]`: {"load_s", "load_peak_bytes",
     "resident_bytes", "sample_s", "sample_peak_bytes" (those of the last run), "runs" (per run: "batch", "images",
     "warmup_s", "warmup_peak_bytes", "sample_s", "sample_peak_bytes"), "rss_before_load_bytes", "peak_rss_bytes",

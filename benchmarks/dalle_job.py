@@ -5,11 +5,12 @@ scripts' counterpart, driven by the same JOB.json (benchmarks/pipeline_speed.py 
 
 JOB.json is benchmarks/karlo_reference.py's (for Kandinsky 2.2 benchmarks/kandinsky_reference.py's, with `prior` the
 prior folder); the settings are in dalle's names already and are laid over the model's defaults. The model is loaded
-through `dalle_cli.load` as a user's local folder, offline (in low-memory mode when `low_memory` is true), and benchmarks/bench_timing.py's `run_job` times it exactly
-as it times diffusers: the same threads, warm-up, runs and figures. `model.generate_tensors` seeds image i with
-`seeds[i]`; its [-1, 1] images are turned into diffusers' output_type="np" pixels (×0.5 + 0.5 and the clamp in the
-model's dtype, then float32 [N, H, W, 3] in [0, 1]). For Kandinsky 2.2, `$DALLE_CACHE` decides whether the zero-image
-embedding is computed (the image encoder loaded) on the first warm-up or read from the cache.
+through `dalle_cli.load` as a user's local folder, offline (in low-memory mode when `low_memory` is true), and
+benchmarks/bench_timing.py's `run_job` times it exactly as it times diffusers: the same threads, warm-up, runs and
+figures. `model.generate_tensors` seeds image i with `seeds[i]`; its [-1, 1] images are turned into diffusers'
+output_type="np" pixels (×0.5 + 0.5 and the clamp in the model's dtype, then float32 [N, H, W, 3] in [0, 1]). For
+Kandinsky 2.2, `$DALLE_CACHE` decides whether the zero-image embedding is computed (the image encoder loaded) on the
+first warm-up or read from the cache.
 """
 
 import json

@@ -3,12 +3,12 @@
     python benchmarks/threads_busy.py [--model shapes] [--prompt "a red circle"] [--hogs 0 1 2] [--threads 1 2 0]
         [--kind spin|torch]
 
-For each number of hogs (processes that each keep one core busy for the whole measurement, as other work on the
-machine would: `spin`, a Python loop, or `torch`, matrix products on as many torch threads as there are cores, which
-is another torch program's kind of load) and each thread count (0: the default, `--threads` not given), times one `dalle gen -m MODEL PROMPT` as a
-new process, start-up included, and prints a table of seconds, with the thread count the default picks, computed
-as the CLI computes it (`devices.idle_cores`) just before the runs. The hogs start a second before the first run, so
-that the machine is busy when the default looks.
+For each number of hogs (processes that each keep one core busy for the whole measurement, as other work on the machine
+would: `spin`, a Python loop, or `torch`, matrix products on as many torch threads as there are cores, which is another
+torch program's kind of load) and each thread count (0: the default, `--threads` not given), times one `dalle gen -m
+MODEL PROMPT` as a new process, start-up included, and prints a table of seconds, with the thread count the default
+picks, computed as the CLI computes it (`devices.idle_cores`) just before the runs. The hogs start a second before the
+first run, so that the machine is busy when the default looks.
 """
 
 import argparse

@@ -1,11 +1,11 @@
 """Sampling settings, declared once per model family.
 
 A family's settings are a frozen dataclass deriving from `Settings`, whose fields are made by the helpers below
-(`steps`, `guidance`, `candidates`, `eta`, `strength`, `sampler`, `pixels`, `text`). Each helper records what kind of value the field
-holds, which stage of the pipeline reads it, and one line of help. Everything that reads or writes settings works from
-that declaration: the CLI's options (`--prior-steps` for `prior_steps`), prompt-file keys, the defaults in the
-registry and in model folders, and the record stored with every image. No torch here, so parsing settings costs
-nothing at start-up.
+(`steps`, `guidance`, `candidates`, `eta`, `strength`, `sampler`, `pixels`, `text`). Each helper records what kind of
+value the field holds, which stage of the pipeline reads it, and one line of help. Everything that reads or writes
+settings works from that declaration: the CLI's options (`--prior-steps` for `prior_steps`), prompt-file keys, the
+defaults in the registry and in model folders, and the record stored with every image. No torch here, so parsing
+settings costs nothing at start-up.
 """
 
 import dataclasses
@@ -94,8 +94,9 @@ def _is_int(value: Any) -> bool:
 
 def check_value(name: str, knob: Knob, value: Any, where: str, error: type[DalleError] = UsageError) -> Any:
     """`value` as the field `name` holds it (guidance scales become floats). Raises `error`, its message starting
-    with `where`, for a value outside the field's kind: steps 2..1000; guidance finite and at least 1; counts 1..16;
-    η in [0, 1] or None; strength in (0, 1] or None; a sampler one of `SAMPLERS` or None; pixels in range and on the multiple; text a string of at most 2,000 characters."""
+    with `where`, for a value outside the field's kind: steps 2..1000; guidance finite and at least 1; counts 1..16; η
+    in [0, 1] or None; strength in (0, 1] or None; a sampler one of `SAMPLERS` or None; pixels in range and on the
+    multiple; text a string of at most 2,000 characters."""
     if knob.kind == "steps":
         if not (_is_int(value) and 2 <= value <= MAX_STEPS):
             raise error(f"{where}: {name} must be an integer from 2 to {MAX_STEPS}, got {value!r}")

@@ -24,8 +24,9 @@ DIFF_AMOUNT = 0.5  # a text diff's default θ, chosen on shapes (benchmarks/shap
 
 class Model:
     """A loaded model: `parts` (the family's components, a tokenizer among them), its default settings (`defaults`;
-    `fast` is its fast preset's, from its source, else the defaults), the device and dtype it runs in. `source`, when given, is where its parts come from, so a part needed later (an image encoder)
-    can be fetched (announced through `on_notice`); `info` is then read from it, else `info` is given. A family's
+    `fast` is its fast preset's, from its source, else the defaults), the device and dtype it runs in. `source`,
+    when given, is where its parts come from, so a part needed later (an image encoder) can be fetched (announced
+    through `on_notice`); `info` is then read from it, else `info` is given. A family's
     model subclasses this with its stages and the methods under "What each family implements"; the operations
     (generate, vary, interpolate, text_diff, edit) are composed here from those."""
 
