@@ -24,6 +24,15 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def timestep_batch(timestep: int | float | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    """A network's timestep argument as one per sample: an int, a float or a tensor of shape [] or [B] -> [B].
+    A Python number is filled in rather than converted (`torch.as_tensor`), so that torch.compile traces it as an
+    input and compiles once for every timestep, not once per timestep."""
+    if isinstance(timestep, torch.Tensor):
+        return timestep.to(device).reshape(-1).expand(batch)
+    return torch.full((batch,), timestep, device=device)
+
+
 def timestep_embedding(
     timesteps: torch.Tensor,
     dim: int,

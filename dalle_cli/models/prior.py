@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import check_choice
-from .embeddings import TimestepEmbedding, timestep_embedding
+from .embeddings import TimestepEmbedding, timestep_batch, timestep_embedding
 
 MASK_VALUE = -10000.0  # the additive attention bias the reference uses for a masked position
 
@@ -168,7 +168,7 @@ class PriorTransformer(nn.Module):
         """
         b = hidden_states.shape[0]
         dtype = self.proj_in.weight.dtype
-        t = torch.as_tensor(timestep, device=hidden_states.device).reshape(-1).expand(b)  # [B]
+        t = timestep_batch(timestep, b, hidden_states.device)  # [B]
         time = self.time_embedding(timestep_embedding(t, self.config.inner_dim, True, 0).to(dtype))  # [B, D]
 
         if self.embedding_proj_norm is not None:

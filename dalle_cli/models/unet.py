@@ -30,7 +30,7 @@ from torch import nn
 
 from ..configs import check_choice
 from ..errors import ConfigError, UsageError
-from .embeddings import ACTIVATIONS, TimestepEmbedding, timestep_embedding
+from .embeddings import ACTIVATIONS, TimestepEmbedding, timestep_batch, timestep_embedding
 from .image_conditioning import ImageContextTokens, ImageTimeEmbedding
 from .unet_blocks import AttentionFactory, DownBlock, MidBlock, ResnetSettings, TextImageAttention, UpBlock
 
@@ -248,7 +248,7 @@ class UNet(nn.Module):
         """The activated time embedding the residual blocks read: [B, time_dim]. The additive terms are summed in the
         reference's order (timestep, class labels, image), which fixes the rounding."""
         c = self.config
-        t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])  # [B]
+        t = timestep_batch(timestep, sample.shape[0], sample.device)  # [B]
         emb = timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)  # [B, C0] float32
         emb = self.time_embedding(emb.to(sample.dtype))  # [B, time_dim]
         if class_labels is not None:
