@@ -5,7 +5,8 @@ scripts' counterpart, driven by the same JOB.json (benchmarks/pipeline_speed.py 
 
 JOB.json is benchmarks/karlo_reference.py's (for Kandinsky 2.2 benchmarks/kandinsky_reference.py's, with `prior` the
 prior folder); the settings are in dalle's names already and are laid over the model's defaults. The model is loaded
-through `dalle_cli.load` as a user's local folder, offline (in low-memory mode when `low_memory` is true), and
+through `dalle_cli.load` as a user's local folder, offline (in low-memory mode when `low_memory` is true, its
+networks compiled by torch.compile when `compile` is: the warm-up call of each batch size then compiles), and
 benchmarks/bench_timing.py's `run_job` times it exactly as it times diffusers: the same threads, warm-up, runs and
 figures. `model.generate_tensors` seeds image i with `seeds[i]`; its [-1, 1] images are turned into diffusers'
 output_type="np" pixels (×0.5 + 0.5 and the clamp in the model's dtype, then float32 [N, H, W, 3] in [0, 1]). For
@@ -35,7 +36,7 @@ def main(job_path: Path) -> int:
 
     def load() -> Any:
         return dalle_cli.load(job["folder"], device=job["device"], dtype=job["dtype"], offline=True, parts=parts,
-                              low_memory=job.get("low_memory", False))
+                              low_memory=job.get("low_memory", False), compile=job.get("compile", False))
 
     def sample(model: Any, prompts: list[str], seeds: list[int], settings: dict[str, Any]) -> torch.Tensor:
         chosen = model.defaults.updated(settings, f"{job_path} settings")

@@ -2,7 +2,7 @@
 
     python benchmarks/pipeline_speed.py [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--models karlo kandinsky
                                         karlo-full]
-                                        [--batches 1 4 8] [--threads N] [--work DIR]
+                                        [--batches 1 4 8] [--threads N] [--work DIR] [--compile]
 
 The models, with random weights built once under --work and reused (benchmarks/karlo_random.py,
 benchmarks/kandinsky_random.py; the files are read once before the first process starts, so that both load them from
@@ -42,7 +42,11 @@ images differ by rounding only. Karlo's keep that rounding small. The toy Kandin
 random MoVQ saturates a few patches, whose unclipped pixels sit on steep edges between clipped ones, and there the
 same float32 rounding moves a pixel by far more than elsewhere (diffusers against itself, at 1 and then 2 threads,
 differs about as much as dalle against diffusers), so its max |Δ| is that of those few pixels and its mean |Δ| is
-the better summary. Everything, with both processes' JSON results, goes to --work/pipeline_speed.json.
+the better summary. With --compile dalle's networks run through torch.compile (`load(compile=True)`; not for
+karlo-full, whose low-memory mode cannot compile): each batch size's warm-up call then compiles for that batch, and
+the table adds each implementation's warm-up seconds per batch, so the compile time shows apart from the timed calls
+(the reference's warm-up is the same call uncompiled). Everything, with both processes' JSON results, goes to
+--work/pipeline_speed.json.
 """
 
 import argparse
@@ -156,8 +160,8 @@ def _row(name: str, cells: list[str]) -> str:
 
 
 def _report(bench: Bench, results: dict[str, dict[str, Any]], images: dict[str, torch.Tensor], cuda: bool,
-            batches: list[int], heading: str) -> dict[str, Any]:
-    """Print the model's table and return its figures."""
+            batches: list[int], heading: str, compiled: bool) -> dict[str, Any]:
+    """Print the model's table and return its figures; with `compiled`, the warm-up seconds (dalle's compile)."""
     figures: dict[str, Any] = {}
     for impl, result in results.items():
         runs = {r["batch"]: r for r in result["runs"]}
@@ -179,6 +183,11 @@ def _report(bench: Bench, results: dict[str, dict[str, Any]], images: dict[str, 
                           f"{f['peak_bytes'] / 2**30:.3f}", f"{f['load_s']:.2f}"]))
     print(_row("dalle ÷ diffusers", ["", *(f"×{ratios['images_per_s'][b]:.2f}" for b in batches),
                                      f"×{ratios['peak']:.2f}", f"×{ratios['load']:.2f}"]))
+    if compiled:
+        for impl, result in results.items():
+            runs = {r["batch"]: r for r in result["runs"]}
+            print(_row(f"{impl} warm-up s", ["", *(f"{runs[b]['warmup_s']:.1f}" for b in batches)]))
+        print("  (dalle's warm-ups compile its networks for each batch size: that is the compile time)")
     print("  (images/s ratio above 1: dalle is faster; memory and load ratios below 1: dalle needs less)")
     if not cuda:
         print("  peak RSS before loading (imports): " + ", ".join(
@@ -197,6 +206,7 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--work", type=Path, default=Path("/tmp/dalle-bench"))
+    parser.add_argument("--compile", action="store_true", help="dalle's networks through torch.compile")
     parser.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     cuda, batches, work = args.device == "cuda", sorted(set(args.batches)), args.work.resolve()
@@ -217,12 +227,13 @@ def main() -> None:
         out = work / name
         out.mkdir(parents=True, exist_ok=True)
         cache = out / "dalle-cache"
+        compiled = args.compile and not bench.low_memory
         results, images = {}, {}
         for impl, script in (("dalle", "dalle_job.py"), ("diffusers", bench.reference)):
             shutil.rmtree(cache, ignore_errors=True)  # dalle starts without its zero-image-embedding cache
             job = {**folders, "device": args.device, "dtype": args.dtype, "prompts": prompts, "seeds": seeds,
                    "batches": batches, "threads": args.threads, "settings": settings, "warmup": warmup,
-                   "low_memory": bench.low_memory and impl == "dalle",
+                   "low_memory": bench.low_memory and impl == "dalle", "compile": compiled and impl == "dalle",
                    "images": str(out / f"{impl}_images.pt"), "result": str(out / f"{impl}_result.json")}
             print(f"  {impl} in its own process ...", flush=True)
             results[impl], images[impl], wall = _worker(script, job, out / f"{impl}_job.json",
@@ -234,9 +245,10 @@ def main() -> None:
         size = f", {settings['width']}×{settings['height']}" if "width" in settings else ""
         heading = (f"{steps} steps, guidance {guidance}{size}; {args.device} {args.dtype}, "
                    f"{args.threads} thread{'s' * (args.threads != 1)}; "
-                   f"batches {', '.join(map(str, batches))}, one call of b images each")
+                   f"batches {', '.join(map(str, batches))}, one call of b images each"
+                   f"{'; dalle compiled' if compiled else ''}")
         report["models"][name] = {"settings": settings, "warmup": warmup, "folders": folders,
-                                  **_report(bench, results, images, cuda, batches, heading)}
+                                  **_report(bench, results, images, cuda, batches, heading, compiled)}
     path = work / "pipeline_speed.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nall figures: {path}")

@@ -65,6 +65,10 @@ class OutOfMemoryError(DalleError):
     """The accelerator ran out of memory (hint "low_vram")."""
 
 
+class CompileError(DalleError):
+    """torch.compile failed to compile a network (on the CPU, TorchInductor needs a working C++ compiler)."""
+
+
 class DownloadInterrupted(KeyboardInterrupt):
     """A download stopped by an interrupt (Ctrl-C). Not a `DalleError`: it stays a `KeyboardInterrupt`, so callers
     that handle interrupts keep doing so (the CLI exits with `exit_code`, 130). Its message is one line saying what the

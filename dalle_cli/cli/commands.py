@@ -31,7 +31,7 @@ from .. import __version__
 from ..errors import UsageError
 from ..families import FAMILIES, Family
 from .display import Display, guarded
-from .options import (Common, DebugOpt, JsonOpt, OfflineOpt, QuietOpt, default_model, flag, image_command,
+from .options import (COMPILING, Common, DebugOpt, JsonOpt, OfflineOpt, QuietOpt, default_model, flag, image_command,
                       use_threads)
 
 
@@ -55,10 +55,11 @@ def _make(display: Display, tally: Any, common: Common, settings: dict[str, Any]
     check_template(common.name)
     check_writable(common.out)
     use_threads(common)
+    if common.compile:
+        display.note(COMPILING)
     default = default_model()
     options = {"device": common.device.value, "dtype": common.dtype.value, "low_vram": common.low_vram,
-               "low_memory": common.low_memory,
-               "offline": common.offline}
+               "low_memory": common.low_memory, "compile": common.compile, "offline": common.offline}
     models = Models(common.model, default, settings, common.offline, options, display.note,
                     functools.partial(chosen, name=flag), common.parts, common.fast)
     identity = {"inputs": inputs, "model": common.model or default, "parts": common.parts, "settings": settings,

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from .. import __version__
 from ..errors import UsageError
 from .display import Display
-from .options import Common, default_model, flag, use_threads
+from .options import COMPILING, Common, default_model, flag, use_threads
 
 ANIMATIONS = ("webp", "gif")
 FRAME_MS = 250  # how long the animation shows each frame
@@ -96,13 +96,15 @@ class Run:
         check_template(common.name)
         check_writable(common.out)
         use_threads(common)
+        if common.compile:
+            display.note(COMPILING)
         self.display, self.common, self.operation = display, common, operation
         spec = common.model or default_model()
         source = locate(spec, offline=common.offline, on_notice=display.note, parts=common.parts)
         base = source.fast if common.fast else source.defaults
         self.settings = chosen(source, operation, base, given, "options", name=flag)
         self.model = load(source, device=common.device.value, dtype=common.dtype.value, low_vram=common.low_vram,
-                          low_memory=common.low_memory, on_notice=display.note)
+                          low_memory=common.low_memory, compile=common.compile, on_notice=display.note)
         self.model.prepare(operation)
         self.written: list[Path] = []
         # What a frame's command must repeat besides the inputs: the model, its parts and the settings given.

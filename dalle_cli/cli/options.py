@@ -64,6 +64,9 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads", min=1, max=1024, show_default=False,
     help="CPU threads for torch's operators. Default: $DALLE_THREADS, else the cores idle at start.")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile", help="Compile the networks with torch.compile: the first batch of each size takes the compile time "
+                      "(minutes), later ones run faster. Not with --low-vram or --low-memory.")]
 FastOpt = Annotated[bool, typer.Option("--fast", help="Start from the model's fast preset (fewer steps, a faster "
                                                       "sampler), under the settings given.")]
 
@@ -73,6 +76,9 @@ def default_model() -> str:
     import os
 
     return os.environ.get("DALLE_MODEL") or "karlo"
+
+
+COMPILING = "compiling the networks: the first batch of each size takes the compile time"
 
 
 def use_threads(common: "Common") -> None:
@@ -137,6 +143,7 @@ class Common:
     low_vram: LowVramOpt = False
     low_memory: LowMemoryOpt = False
     threads: ThreadsOpt = None
+    compile: CompileOpt = False
     fast: FastOpt = False
     offline: OfflineOpt = False
     json_lines: JsonOpt = False

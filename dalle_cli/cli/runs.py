@@ -142,11 +142,12 @@ class Models:
         """The loaded model of `spec`; loading another frees the one before (a run rarely switches models). For a
         `single` batch on the CPU the model runs in low-memory mode (each stage's weights read when it starts and
         freed when the next one does), which reads every weight once, as loading it whole does, and holds one
-        stage's at a time."""
+        stage's at a time; not when compiling, whose networks stay loaded."""
         if self.loaded is None or self.loaded[0] != spec:
             self.loaded = None
             options = dict(self.load_options)
-            if single and not options["low_vram"] and resolve_device(options["device"]).type == "cpu":
+            if (single and not options["low_vram"] and not options["compile"]
+                    and resolve_device(options["device"]).type == "cpu"):
                 options["low_memory"] = True
             self.loaded = (spec, load(self.sources[spec], **options, on_notice=self.notice))
         return self.loaded[1]

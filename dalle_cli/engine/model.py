@@ -2,14 +2,14 @@
 stage, the prompt's token limit, and the picture forms of the tensor operations."""
 
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
 
 from ..api import ModelInfo, ProgressCallback
-from ..errors import OutOfMemoryError, UsageError
+from ..errors import CompileError, OutOfMemoryError, UsageError
 from ..diffusion.slerp import slerp
 from ..images import fit, to_pil
 from ..masks import feather, feather_width, fit_mask, has_transparency, paste, read_mask
@@ -20,6 +20,22 @@ from .offload import Residency
 
 
 DIFF_AMOUNT = 0.5  # a text diff's default θ, chosen on shapes (benchmarks/shapes_manipulations.py)
+
+# How many graphs torch.compile keeps for one network class before it runs the class eagerly: the instances of a class
+# share dynamo's cache (Karlo's decoder and two super-resolution UNets), and each takes a graph per batch size (1 is
+# always its own) and one more when its timestep turns from a constant into an input; dynamo's 8 is too few for that.
+RECOMPILE_LIMIT = 64
+
+
+def _compile_failure(e: Exception) -> None:
+    """Raise a `CompileError` of one line for torch.compile's failure to compile (torch._dynamo is imported by then)."""
+    import torch._dynamo
+
+    if isinstance(e, torch._dynamo.exc.BackendCompilerFailed):
+        inner = str(e.inner_exception).strip()
+        raise CompileError(f"torch.compile could not compile a network: "
+                           f"{inner.splitlines()[0] if inner else type(e.inner_exception).__name__}",
+                           hint="info") from None
 
 
 class Model:
@@ -47,6 +63,7 @@ class Model:
         self._source = source
         self._on_notice = on_notice
         self._loading = threading.Lock()  # parts loaded on first use are loaded once, whichever thread asks
+        self._compiled: list[torch.nn.Module] | None = None  # the networks compiled so far, once `compile` is asked
 
     @property
     def info(self) -> ModelInfo:
@@ -62,6 +79,32 @@ class Model:
         return self.residency.low_memory
 
     @property
+    def compiled(self) -> bool:
+        """Whether `compile` was asked: the networks run as TorchInductor code."""
+        return self._compiled is not None
+
+    def compile(self) -> None:
+        """Run the networks through torch.compile (TorchInductor), in place: a network compiles on its first call
+        for each new input shape (its first batch, a smaller last batch), and later calls of that shape run the
+        compiled code. The images equal the eager networks' to float rounding. A part loaded later (an image
+        encoder) compiles when it is first used. Compiled networks stay where they were loaded, so low-VRAM and
+        low-memory modes refuse it (`UsageError`). On the CPU, TorchInductor needs a C++ compiler; a failure to
+        compile is raised at the first call, as a `DalleError`."""
+        if self.low_vram or self.low_memory:
+            raise UsageError("compiled networks stay where they were loaded: low-VRAM and low-memory modes cannot "
+                             "compile")
+        if self._compiled is None:
+            self._compiled = []
+        self._compile_new()
+
+    def _compile_new(self) -> None:
+        """Compile the networks among `parts` not compiled yet (those loaded since)."""
+        for module in vars(self.parts).values():
+            if isinstance(module, torch.nn.Module) and all(module is not done for done in self._compiled or ()):
+                module.compile()
+                self._compiled.append(module)  # type: ignore[union-attr]
+
+    @property
     def max_tokens(self) -> int:
         """The longest prompt in tokens, start and end tokens included (77 for CLIP)."""
         return self.parts.tokenizer.model_max_length
@@ -72,13 +115,22 @@ class Model:
 
     @contextmanager
     def _running(self) -> Iterator[None]:
-        """The span of a stage or an operation: no autograd, the accelerator taken in turn in low-VRAM mode, and an
-        out-of-memory error reported as a `DalleError` with the "low_vram" hint."""
+        """The span of a stage or an operation: no autograd, the accelerator taken in turn in low-VRAM mode, an
+        out-of-memory error reported as a `DalleError` with the "low_vram" hint and, once `compile` is asked, the
+        networks loaded since compiled and a failure to compile reported as a `CompileError`."""
+        compiling: Any = nullcontext()
+        if self._compiled is not None:
+            self._compile_new()
+            compiling = torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)
         try:
-            with self.residency.call(), torch.inference_mode():
+            with compiling, self.residency.call(), torch.inference_mode():
                 yield
         except torch.OutOfMemoryError:
             raise OutOfMemoryError(f"{self.device.type} ran out of memory", hint="low_vram") from None
+        except Exception as e:
+            if self._compiled is not None:
+                _compile_failure(e)
+            raise
 
     @staticmethod
     def _pair(inputs: list, seeds: list[int]) -> None:
