@@ -30,11 +30,11 @@ def load(model: Any = "karlo", *, device: str = "auto", dtype: str = "auto", low
     `device` is auto|cpu|cuda|mps and `dtype` auto|fp32|fp16|bf16 (auto: fp16 on accelerators, fp32 on the CPU). With
     `low_vram`, networks wait on the CPU and only the running stage sits on the accelerator; with `low_memory`, they
     wait in their files and only the running stage's weights are read (a call then reads each stage's weights once,
-    and a process holds one stage's at a time; not with `low_vram`). With `offline`, nothing
-    is downloaded. With `compile`, the networks run through torch.compile (`Model.compile`: the first call of each
-    input shape compiles). `on_notice` receives one line per download, before its first byte. `parts` names, by role, the
-    model that provides a part of another model (`{"prior": "kandinsky-community/kandinsky-2-2-prior"}` for a
-    Kandinsky 2.2 decoder). Raises `DalleError`s.
+    and a process holds one stage's at a time; not with `low_vram`). With `offline`, nothing is downloaded. With
+    `compile`, the networks run through torch.compile (`Model.compile`: the first call of each input shape
+    compiles). `on_notice` receives one line per download, before its first byte. `parts` names, by role, the model
+    that provides a part of another model (`{"prior": "kandinsky-community/kandinsky-2-2-prior"}` for a Kandinsky
+    2.2 decoder). Raises `DalleError`s.
     """
     from .sources import ModelSource, locate
 

@@ -77,7 +77,8 @@ class GELUProjection(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """dim -> 4 dim -> dim MLP with GELU; `net.1` is the (inference no-op) dropout, so the weights are net.0 and net.2."""
+    """dim -> 4 dim -> dim MLP with GELU; `net.1` is the (inference no-op) dropout, so the weights are net.0 and
+    net.2."""
 
     def __init__(self, dim: int, dropout: float):
         super().__init__()
