@@ -31,8 +31,8 @@ from .. import __version__
 from ..errors import UsageError
 from ..families import FAMILIES, Family
 from .display import Display, guarded
-from .options import (COMPILING, Common, DebugOpt, JsonOpt, OfflineOpt, QuietOpt, default_model, flag, image_command,
-                      use_threads)
+from .options import (Common, DebugOpt, JsonOpt, OfflineOpt, QuietOpt, begin_run, default_model, flag,
+                      image_command)
 
 
 def _quiet_downloads(quiet: bool) -> None:
@@ -47,16 +47,10 @@ def _make(display: Display, tally: Any, common: Common, settings: dict[str, Any]
     """The body of every image-making command: check the name template and the output folder, then run `items()`
     (called once per pass) through `runs.execute`. `inputs` identifies the items for the run's manifest."""
     from .batch import chosen
-    from .naming import check_template
-    from .outputs import check_writable
     from .runs import Models, Request, execute
 
     _quiet_downloads(common.quiet)
-    check_template(common.name)
-    check_writable(common.out)
-    use_threads(common)
-    if common.compile:
-        display.note(COMPILING)
+    begin_run(common, display.note)
     default = default_model()
     options = {"device": common.device.value, "dtype": common.dtype.value, "low_vram": common.low_vram,
                "low_memory": common.low_memory, "compile": common.compile, "offline": common.offline}

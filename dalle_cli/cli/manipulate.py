@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from .. import __version__
 from ..errors import UsageError
 from .display import Display
-from .options import COMPILING, Common, default_model, flag, use_threads
+from .options import Common, begin_run, default_model, flag
 
 ANIMATIONS = ("webp", "gif")
 FRAME_MS = 250  # how long the animation shows each frame
@@ -89,15 +89,9 @@ class Run:
         from ..sources import locate
         from .batch import chosen
         from .commands import _quiet_downloads
-        from .naming import check_template
-        from .outputs import check_writable
 
         _quiet_downloads(common.quiet)
-        check_template(common.name)
-        check_writable(common.out)
-        use_threads(common)
-        if common.compile:
-            display.note(COMPILING)
+        begin_run(common, display.note)
         self.display, self.common, self.operation = display, common, operation
         spec = common.model or default_model()
         source = locate(spec, offline=common.offline, on_notice=display.note, parts=common.parts)

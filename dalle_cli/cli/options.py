@@ -78,17 +78,21 @@ def default_model() -> str:
     return os.environ.get("DALLE_MODEL") or "karlo"
 
 
-COMPILING = "compiling the networks: the first batch of each size takes the compile time"
-
-
-def use_threads(common: "Common") -> None:
-    """Set torch's intra-op threads for a run: --threads, else $DALLE_THREADS, else the idle cores
-    (`devices.threads`)."""
+def begin_run(common: "Common", note: Callable[[str], None]) -> None:
+    """What every image command does before it loads a model: refuse a bad --name template or --out folder, set
+    torch's intra-op threads (--threads, else $DALLE_THREADS, else the idle cores: `devices.threads`), and with
+    --compile say through `note` that the first batches take the compile time."""
     import torch
 
     from ..devices import threads
+    from .naming import check_template
+    from .outputs import check_writable
 
+    check_template(common.name)
+    check_writable(common.out)
     torch.set_num_threads(threads(common.threads))
+    if common.compile:
+        note("compiling the networks: the first batch of each size takes the compile time")
 
 
 def flag(setting: str) -> str:
