@@ -167,6 +167,7 @@ def _report(bench: Bench, results: dict[str, dict[str, Any]], images: dict[str, 
         runs = {r["batch"]: r for r in result["runs"]}
         figures[impl] = {"s_per_image": {b: runs[b]["sample_s"] / runs[b]["images"] for b in batches},
                          "images_per_s": {b: runs[b]["images"] / runs[b]["sample_s"] for b in batches},
+                         "warmup_s": {b: runs[b]["warmup_s"] for b in batches},
                          "peak_bytes": _peak(result, cuda), "load_s": result["load_s"],
                          "off_the_clip": informative(images[impl])}
     ours, theirs = figures["dalle"], figures["diffusers"]
@@ -184,9 +185,8 @@ def _report(bench: Bench, results: dict[str, dict[str, Any]], images: dict[str, 
     print(_row("dalle ÷ diffusers", ["", *(f"×{ratios['images_per_s'][b]:.2f}" for b in batches),
                                      f"×{ratios['peak']:.2f}", f"×{ratios['load']:.2f}"]))
     if compiled:
-        for impl, result in results.items():
-            runs = {r["batch"]: r for r in result["runs"]}
-            print(_row(f"{impl} warm-up s", ["", *(f"{runs[b]['warmup_s']:.1f}" for b in batches)]))
+        for impl, f in figures.items():
+            print(_row(f"{impl} warm-up s", ["", *(f"{f['warmup_s'][b]:.1f}" for b in batches)]))
         print("  (dalle's warm-ups compile its networks for each batch size: that is the compile time)")
     print("  (images/s ratio above 1: dalle is faster; memory and load ratios below 1: dalle needs less)")
     if not cuda:

@@ -95,14 +95,14 @@ class Model:
                              "compile")
         if self._compiled is None:
             self._compiled = []
-        self._compile_new()
+        self._compile_new(self._compiled)
 
-    def _compile_new(self) -> None:
-        """Compile the networks among `parts` not compiled yet (those loaded since)."""
+    def _compile_new(self, done: list[torch.nn.Module]) -> None:
+        """Compile the networks among `parts` that are not in `done` (those loaded since), adding them to it."""
         for module in vars(self.parts).values():
-            if isinstance(module, torch.nn.Module) and all(module is not done for done in self._compiled or ()):
+            if isinstance(module, torch.nn.Module) and not any(module is d for d in done):
                 module.compile()
-                self._compiled.append(module)  # type: ignore[union-attr]
+                done.append(module)
 
     @property
     def max_tokens(self) -> int:
@@ -120,7 +120,7 @@ class Model:
         networks loaded since compiled and a failure to compile reported as a `CompileError`."""
         compiling: Any = nullcontext()
         if self._compiled is not None:
-            self._compile_new()
+            self._compile_new(self._compiled)
             compiling = torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)
         try:
             with compiling, self.residency.call(), torch.inference_mode():
