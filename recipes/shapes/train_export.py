@@ -120,7 +120,7 @@ SCHEDULERS = {"prior_scheduler": scheduler_config("sample", 5.0), "decoder_sched
 
 # The sampling defaults were chosen on validation seeds for the shipped weights (guidance 2/2 followed prompts best of
 # 2/2, 4/4 and 2/1, at 15 + 15 + 7 steps; see the README's shapes section), and the fast preset (the ancestral
-# samplers at 8 + 6 + 4 steps) on validation seeds among budgets of at most half the default's network calls (the
+# samplers at 3 + 11 + 4 steps) on validation seeds among budgets of at most half the default's network calls (the
 # README's speed section), so a folder the recipe writes samples as `dalle gen -m shapes` does.
 DALLE_SETTINGS: dict[str, Any] = {
     "_about": "dalle's settings for this model folder: its family, default sampling settings and fast preset "
@@ -128,7 +128,7 @@ DALLE_SETTINGS: dict[str, Any] = {
     "family": "unclip",
     "defaults": {"prior_steps": 15, "decoder_steps": 15, "sr_steps": 7, "prior_guidance": 2.0,
                  "decoder_guidance": 2.0},
-    "fast": {"sampler": "ddpm", "prior_steps": 8, "decoder_steps": 6, "sr_steps": 4},
+    "fast": {"sampler": "ddpm", "prior_steps": 3, "decoder_steps": 11, "sr_steps": 4},
 }
 
 MODEL_INDEX = {
