@@ -51,6 +51,14 @@ def conv_layout(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
+def image_batch(device: torch.device, batch: int) -> int:
+    """How many images one call of a full-resolution network (the super-resolution UNets) takes on `device`: one
+    on the CPU, where one image's feature maps already fill the cores, so a batch in one call adds memory (and
+    cache misses) but no speed (measured in the README's "Speed and memory"), and every image then comes out the
+    same whatever its batch; the whole `batch` elsewhere, where the batch is what fills the accelerator."""
+    return 1 if device.type == "cpu" else batch
+
+
 def threads(requested: int | None = None) -> int:
     """How many intra-op threads to run torch with: `requested`, else `$DALLE_THREADS`, else `idle_cores()`.
 

@@ -10,6 +10,8 @@ import torch
 from diffusers import UnCLIPImageVariationPipeline
 from PIL import Image
 
+from dalle_cli.devices import image_batch
+from dalle_cli.engine.noise import ImageNoise
 from dalle_cli.errors import SchedulerError, UsageError
 from dalle_cli.api import ModelInfo
 from dalle_cli.families.unclip.settings import UnCLIPSettings as Settings
@@ -118,6 +120,24 @@ def test_a_variation_depends_on_its_image_and_seed_not_its_batch(model) -> None:
     alone = model.vary([pictures[1]], [9], settings)[0]
     batch = model.vary([pictures[0], pictures[2], pictures[1], pictures[0]], [1, 2, 9, 3], settings)
     assert np.array_equal(np.asarray(alone), np.asarray(batch[2]))
+
+
+def test_on_the_cpu_super_resolution_runs_an_image_a_call_and_its_result_ignores_the_batch(model) -> None:
+    """`devices.image_batch`: each super-resolution call takes one image on the CPU, so an image's upscaled tensor
+    is bit-equal alone and in a batch (the whole batch goes in one call on an accelerator)."""
+    small = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    settings, sizes = Settings(sr_steps=3), []
+    hooks = [unet.register_forward_pre_hook(lambda _, args: sizes.append(args[0].shape[0]))
+             for unet in (model.parts.super_res_first, model.parts.super_res_last)]
+    try:
+        batch = model.upscale(small, ImageNoise([5, 6, 7]), settings)
+        assert sizes == [1] * 3 * 3  # three images, three steps (the last by super_res_last)
+        alone = model.upscale(small[1:2], ImageNoise([6]), settings)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert torch.equal(alone[0], batch[1])
+    assert image_batch(torch.device("cuda"), 8) == 8 and image_batch(CPU, 8) == 1
 
 
 def test_one_step_is_a_clear_error(model) -> None:

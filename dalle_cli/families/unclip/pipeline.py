@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...api import Progress, ProgressCallback
-from ...devices import resolve_device, resolve_dtype
+from ...devices import image_batch, resolve_device, resolve_dtype
 from ...diffusion import ddim, schedule
 from ...diffusion.sampler import Denoiser
 from ...diffusion.guidance import guided
@@ -258,17 +258,22 @@ class UnCLIP(Model):
 
     def _super_res_model(self, images: torch.Tensor, count: int) -> Denoiser:
         """The super-resolution UNets as a denoiser (x_t, t, i) of `count` steps, conditioned on the decoder's images
-        [B, 3, 64, 64]: `super_res_first` every step but the last (i = count - 1), `super_res_last` the last."""
+        [B, 3, 64, 64]: `super_res_first` every step but the last (i = count - 1), `super_res_last` the last, called
+        on `devices.image_batch` images at a time."""
         parts = self.parts
         size = parts.super_res_first.config.sample_size
         # Resampled in fp32: the CPU has no half-precision antialiased bicubic kernel, and it is more exact anyway.
         upscaled = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False,
                                  antialias=self.device.type != "mps").to(images.dtype)  # [B, 3, size, size]
 
+        calls = image_batch(self.device, len(images))
+
         def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
             unet = parts.super_res_last if i == count - 1 else parts.super_res_first
             self.residency.hold(unet)  # swaps in super_res_last for the last step in low-VRAM mode
-            return unet(torch.cat([x, upscaled], dim=1), t)
+            inputs = torch.cat([x, upscaled], dim=1)  # [B, 6, size, size]
+            outs = [unet(part, t) for part in inputs.split(calls)]
+            return outs[0] if len(outs) == 1 else torch.cat(outs)
 
         return denoise
 
