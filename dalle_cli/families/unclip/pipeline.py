@@ -266,13 +266,13 @@ class UnCLIP(Model):
         upscaled = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False,
                                  antialias=self.device.type != "mps").to(images.dtype)  # [B, 3, size, size]
 
-        calls = image_batch(self.device, len(images))
+        per_call = image_batch(self.device, len(images))
 
         def denoise(x: torch.Tensor, t: int, i: int) -> torch.Tensor:
             unet = parts.super_res_last if i == count - 1 else parts.super_res_first
             self.residency.hold(unet)  # swaps in super_res_last for the last step in low-VRAM mode
             inputs = torch.cat([x, upscaled], dim=1)  # [B, 6, size, size]
-            outs = [unet(part, t) for part in inputs.split(calls)]
+            outs = [unet(part, t) for part in inputs.split(per_call)]
             return outs[0] if len(outs) == 1 else torch.cat(outs)
 
         return denoise
