@@ -1,7 +1,7 @@
 """How well the paper's manipulations (Ramesh et al. 2022, §3) work on the embedded `shapes` model.
 
-    python benchmarks/shapes_manipulations.py [--n 100] [--seed 2029] [--batch 25] [--frames 5]
-        [--thetas 0.25 0.5 0.75 1.0] [--guidances G ...] [--refine K] [--model shapes] [--sections 1 2 3 4]
+    python benchmarks/shapes_manipulations.py [--n 100] [--seed 2039] [--batch 25] [--frames 5]
+        [--thetas 0.25 0.5 0.55 0.75 1.0] [--guidances G ...] [--refine K] [--model shapes] [--sections 1 2 3 4]
     python benchmarks/shapes_manipulations.py --tune [--n 40] [--seed 1031]
 
 The report draws `--n` one-object captions (seen pairs) from `--seed`, generates them, inverts them once (DDIM,
@@ -45,8 +45,8 @@ from dalle_cli.shapes.world import COLORS, HELD_OUT, SHAPES, ObjectSpec, parse_c
 ATTRIBUTES = ("color", "shape", "size", "position")
 T = TypeVar("T")
 Attrs = dict[str, str] | None  # the largest blob's attributes, None when nothing is detected
-REPORT_SEED, TUNE_SEED = 2029, 1031
-TUNE_REFINES, TUNE_THETAS, TUNE_GUIDANCES = (2, 4, 6, 8), (0.25, 0.375, 0.5, 0.625, 0.75, 1.0), (1.0, 2.0, 4.0)
+REPORT_SEED, TUNE_SEED = 2039, 1031
+TUNE_REFINES, TUNE_THETAS, TUNE_GUIDANCES = (2, 4, 6, 8), (0.25, 0.5, 0.55, 0.6, 0.65, 0.7, 1.0), (1.0, 2.0, 4.0)
 TARGET_KEPT = "η=0: all four ≥ 95 %"
 TARGET_DIFF = "changed ≥ 80 %, kept ≥ 90 %, position ≥ 80 %"
 MONOTONE_TOLERANCE = 0.01
@@ -190,7 +190,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None, help=f"{REPORT_SEED}, or {TUNE_SEED} with --tune")
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--frames", type=int, default=5, help="frames per interpolation path")
-    parser.add_argument("--thetas", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0], help="text-diff θs")
+    parser.add_argument("--thetas", type=float, nargs="+", default=[0.25, 0.5, 0.55, 0.75, 1.0],
+                        help="text-diff θs")
     parser.add_argument("--guidances", type=float, nargs="+", default=None,
                         help="decoder guidances to decode text diffs at (default: the model's)")
     parser.add_argument("--refine", type=int, default=noise_stages.INVERSION_REFINE, help="INVERSION_REFINE")

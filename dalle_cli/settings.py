@@ -20,6 +20,7 @@ _KNOB = "dalle.knob"
 MAX_STEPS = 1000
 MAX_TEXT = 2000
 MAX_CANDIDATES = 16
+DIFF_AMOUNT = 0.55  # a text diff's default θ, chosen on shapes (README, "Manipulations")
 SAMPLERS = ("ddpm", "ddim", "dpmpp")  # `sampler` values: each stage's own ancestral sampler, DDIM, DPM-Solver++(2M)
 
 

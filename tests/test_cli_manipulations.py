@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from dalle_cli.cli.outputs import read_record
+from dalle_cli.settings import DIFF_AMOUNT
 from test_cli import dalle, one_error_line, pixels
 
 FAST = ["-m", "shapes", "--decoder-steps", "4", "--sr-steps", "3"]
@@ -68,6 +69,15 @@ def test_diff_frames_from_the_picture_to_the_caption(sources: list[Path], tmp_pa
     assert [r["amount"] for r in records] == [0.0, 0.4, 0.8]
     assert records[0]["text_diff"]["source_sha256"] and records[0]["to"] == "a blue circle"
     assert records[0]["from"] == ""
+
+
+def test_diff_without_amount_moves_by_the_default_its_help_names(sources: list[Path], tmp_path: Path) -> None:
+    made = dalle("diff", sources[0], "--to", "a blue circle", *FAST, "--json", "-o", tmp_path)
+    assert made.exit_code == 0, made.output
+    [record] = [json.loads(line) for line in made.stdout.splitlines()]
+    assert record["amount"] == DIFF_AMOUNT
+    shown = dalle("diff", "--help")
+    assert f"[default: {DIFF_AMOUNT:g}]" in " ".join(shown.output.split())
 
 
 def test_vary_eta_is_recorded_and_the_record_makes_it_again(sources: list[Path], tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ except ImportError:
 from .. import __version__
 from ..errors import UsageError
 from ..families import FAMILIES, Family
+from ..settings import DIFF_AMOUNT
 from .display import Display, guarded
 from .options import (Common, DebugOpt, JsonOpt, OfflineOpt, QuietOpt, begin_run, default_model, flag,
                       image_command)
@@ -176,7 +177,7 @@ def diff(
                                                     help="A caption of the picture as it is (default: none).")] = None,
     amount: Annotated[Optional[float], typer.Option("--amount", show_default=False,
                                                     help="How far to move, θ from 0 (the picture) to 1. "
-                                                         "[default: 0.5]")] = None,
+                                                         f"[default: {DIFF_AMOUNT:g}]")] = None,
     frames: Annotated[Optional[int], typer.Option("--frames", show_default=False,
                                                   help="Make this many frames from 0 to --amount instead of one "
                                                        "image (at least 2).")] = None,

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from .. import __version__
 from ..errors import UsageError
+from ..settings import DIFF_AMOUNT
 from .display import Display
 from .options import Common, begin_run, default_model, flag
 
@@ -235,7 +236,6 @@ def diff(
     animation: str, *, common: Common, settings: dict[str, Any],
 ) -> None:
     """The body of `dalle diff` (see `commands.diff`)."""
-    from ..engine.model import DIFF_AMOUNT
     from ..images import load_image
     from .display import guarded
 

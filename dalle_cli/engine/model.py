@@ -13,13 +13,11 @@ from ..errors import CompileError, OutOfMemoryError, UsageError
 from ..diffusion.slerp import slerp
 from ..images import fit, to_pil
 from ..masks import feather, feather_width, fit_mask, has_transparency, paste, read_mask
-from ..settings import Settings
+from ..settings import DIFF_AMOUNT, Settings
 from ..sources import ModelSource
 from .latent import Latent, diff_target, frame_thetas, stack
 from .offload import Residency
 
-
-DIFF_AMOUNT = 0.5  # a text diff's default θ, chosen on shapes (benchmarks/shapes_manipulations.py)
 
 # How many graphs torch.compile keeps for one network class before it runs the class eagerly: the instances of a class
 # share dynamo's cache (Karlo's decoder and two super-resolution UNets), and each takes a graph per batch size (1 is
