@@ -10,7 +10,8 @@ from dalle_cli import load
 from dalle_cli.engine.latent import Latent, best_index, best_of, diff_target
 from dalle_cli.engine.model import path_frames
 from dalle_cli.errors import UsageError
-from dalle_cli.images import fit
+from dalle_cli.diffusion.slerp import slerp
+from dalle_cli.images import fit, to_pil
 from dalle_cli.shapes.evaluate import detect
 
 PROMPTS = ["a red circle", "a large blue square in the top left", "a small green triangle in the bottom right"]
@@ -93,6 +94,20 @@ def test_text_diff_at_zero_is_the_reconstruction_and_moves_with_theta(shapes, pi
     assert not torch.equal(frames[[1]], frames[[0]]) and not torch.equal(frames[[2]], frames[[1]])
     with pytest.raises(UsageError, match="from 0 to 1"):
         shapes.text_diff([latent], "a blue circle", amounts=[1.5])
+
+
+def test_text_diff_decodes_with_the_decoder_reading_its_caption(shapes, pictures) -> None:  # noqa: ANN001
+    latent = shapes.invert(pictures[:1])  # "a red circle"
+    [moved] = shapes.text_diff_tensors([latent], "a blue circle", baseline="a red circle", amounts=[0.55])
+    to, baseline = shapes.text_embeddings(["a blue circle", "a red circle"]).split(1)
+    embeds = slerp(latent.embeds, diff_target(latent.embeds, to, baseline), 0.55)
+    reading = shapes.render(embeds, latent.noises, [0], captions=["a blue circle"])
+    assert torch.allclose(moved[None], reading, atol=1e-5)
+    assert (reading - shapes.render(embeds, latent.noises, [0])).abs().max() > 0.1  # the caption is read
+    [blob, *_] = detect(to_pil(moved[None])[0])
+    assert (blob.color, blob.shape) == ("blue", "circle")
+    with pytest.raises(UsageError, match="1 images but 2 captions"):
+        shapes.render(embeds, latent.noises, [0], captions=["a", "b"])
 
 
 def test_diff_target_turns_the_direction_and_keeps_the_length() -> None:

@@ -185,7 +185,7 @@ def diff(
     *, common: Common, settings: dict[str, Any],
 ) -> None:
     """Move a picture towards a caption: a text diff (DALL·E 2 §3.3), slerp(z_i, norm(z_t - z_t0), θ) decoded from
-    the picture's own inverted noise."""
+    the picture's own inverted noise, by a decoder that reads the caption too."""
     from .manipulate import diff as run
 
     run(image, to, baseline, amount, frames, only, animation.value, common=common, settings=settings)

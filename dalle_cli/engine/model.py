@@ -207,7 +207,10 @@ class Model:
         """Each picture moved towards the caption `to` (paper §3.3): z_d = norm(z_t - z_t0) of the CLIP text
         embeddings of `to` and of `baseline` (the caption of what the picture shows, or "" for none), decoded as
         slerp(z_i, z_d, θ) by DDIM at η = 0 from the picture's own inverted noise, once per θ in `amounts` (each in
-        [0, 1]; θ = 0 gives the picture back). Returns len(images) x len(amounts) images, picture by picture."""
+        [0, 1]). A decoder that reads text is conditioned on `to` as well, as `generate` conditions it on its
+        prompt (without it a partly moved embedding often recoloured an object only in part); θ = 0 is the
+        picture's own latent, decoded as it was inverted, with the empty caption, and gives the picture back.
+        Returns len(images) x len(amounts) images, picture by picture."""
         return to_pil(self.text_diff_tensors(images, to, baseline=baseline, amounts=amounts, settings=settings,
                                              progress=progress))
 
@@ -229,7 +232,8 @@ class Model:
             target = diff_target(latent.embeds, captions[:1], captions[1:])
             frames += [Latent(slerp(latent.embeds, target, theta), latent.noises) for theta in amounts]
         batch = stack(frames)
-        return self.render(batch.embeds, batch.noises, [0] * len(batch), s, progress=progress)
+        read = [to if theta > 0 else "" for theta in amounts] * len(latents)
+        return self.render(batch.embeds, batch.noises, [0] * len(batch), s, captions=read, progress=progress)
 
     def edit(self, images: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int],
              settings: Settings | None = None, *, masks: Sequence[Image.Image] | None = None,
@@ -352,11 +356,12 @@ class Model:
         raise NotImplementedError
 
     def render(self, embeds: torch.Tensor, noises: tuple[torch.Tensor, ...] | None, seeds: Sequence[int],
-               settings: Settings | None = None, *, eta: float | None = 0.0,
+               settings: Settings | None = None, *, eta: float | None = 0.0, captions: Sequence[str] | None = None,
                progress: ProgressCallback | None = None) -> torch.Tensor:
         """Images [B, 3, H, W] in [-1, 1] decoded from embeddings [B, D] by DDIM at η, from `noises` or, when None,
         from x_Ts drawn from the seeds' generators; η None (with no `noises`) decodes by the family's own
-        samplers, as `generate` does."""
+        samplers, as `generate` does. `captions` (one per image) condition a decoder that reads text; None is the
+        empty caption, which variations and inversions use. A decoder that reads no text ignores them."""
         raise NotImplementedError
 
 

@@ -178,10 +178,10 @@ class Kandinsky(Model):
 
     def render(self, embeds: torch.Tensor, noises: tuple[torch.Tensor, ...] | None, seeds: Sequence[int],
                settings: KandinskySettings | None = None, *, eta: float = 0.0,
-               progress: ProgressCallback | None = None) -> torch.Tensor:
+               captions: Sequence[str] | None = None, progress: ProgressCallback | None = None) -> torch.Tensor:
         """Images [B, 3, H, W] decoded from image embeddings [B, D] by DDIM at η against the zero embedding, from
         `noises` (x_T,) or, when None, from an x_T drawn from each image's generator; at η > 0 the step noises
-        come from the same generators after it."""
+        come from the same generators after it. Kandinsky's decoder reads no text: `captions` change nothing."""
         s = self._check(list(embeds), list(seeds), settings, "vary")
         noise = ImageNoise(seeds)
         with self._running():

@@ -323,17 +323,21 @@ class UnCLIP(Model):
 
     def render(self, embeds: torch.Tensor, noises: tuple[torch.Tensor, ...] | None, seeds: Sequence[int],
                settings: UnCLIPSettings | None = None, *, eta: float | None = 0.0,
-               progress: ProgressCallback | None = None) -> torch.Tensor:
+               captions: Sequence[str] | None = None, progress: ProgressCallback | None = None) -> torch.Tensor:
         """Images [B, 3, 256, 256] in [-1, 1] decoded from image embeddings [B, D] by DDIM at η through both stages,
         from `noises` (a latent's, or a blend of latents') or, when None, from x_Ts drawn from each image's
         generator (the decoder's, then the super-resolution stage's). At η > 0 the step noises come from the
         same generators after that: the decoder's steps, then the super-resolution steps. With η None and no
-        `noises` both stages run the reference's ancestral samplers, drawing as `generate` does after its prior."""
+        `noises` both stages run the reference's ancestral samplers, drawing as `generate` does after its prior.
+        The decoder reads `captions` (one per image), or the empty prompt."""
         s = settings or self.defaults
         self._pair(list(embeds), list(seeds))
+        captions = [""] * len(seeds) if captions is None else list(captions)
+        if len(captions) != len(seeds):
+            raise UsageError(f"{len(seeds)} images but {len(captions)} captions: give one caption per image")
         noise = ImageNoise(seeds)
         with self._running():
-            text = self.encode_text([""] * len(seeds), s.decoder_guidance > 1.0)
+            text = self.encode_text(captions, s.decoder_guidance > 1.0)
             drawn = (None, None) if eta is None else self._draw_noises(noise)  # ancestral stages draw their own
             x_decoder, x_sr = noises if noises is not None else drawn
             small = self.decode(embeds.to(self.device, self.dtype), text, noise, s, x_decoder, eta=eta,
