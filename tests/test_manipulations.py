@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from dalle_cli import load
+from dalle_cli.diffusion.slerp import slerp
 from dalle_cli.engine.latent import Latent, best_index, best_of, diff_target
 from dalle_cli.engine.model import path_frames
 from dalle_cli.errors import UsageError
-from dalle_cli.diffusion.slerp import slerp
 from dalle_cli.images import fit, to_pil
 from dalle_cli.shapes.evaluate import detect
 
@@ -160,6 +160,8 @@ def test_kandinsky_inverts_through_movq_and_its_decoder(tiny_kandinsky: tuple[Pa
     assert torch.equal(again, model.render(latent.embeds, latent.noises, [9], settings))  # η = 0: no seed
     frames = model.text_diff_tensors([latent], "a blue square", amounts=[0.0, 1.0], settings=settings)
     assert torch.allclose(frames[[0]], again, atol=1e-5)
+    with pytest.raises(UsageError, match="1 images but 2 captions"):
+        model.render(latent.embeds, latent.noises, [9], settings, captions=["a", "b"])
     assert model.interpolate_tensors([picture, "a cat"], 2, 3, settings).shape == (2, 3, 64, 64)
     two = settings.__class__(2, 4, width=64, height=64, prior_candidates=2)
     assert model.generate_tensors(["a cat"], [1], two).shape == (1, 3, 64, 64)

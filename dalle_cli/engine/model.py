@@ -131,6 +131,14 @@ class Model:
             raise
 
     @staticmethod
+    def _captions(captions: Sequence[str] | None, seeds: Sequence[int]) -> list[str]:
+        """`render`'s captions, one per image: the empty caption for each when None."""
+        captions = [""] * len(seeds) if captions is None else list(captions)
+        if len(captions) != len(seeds):
+            raise UsageError(f"{len(seeds)} images but {len(captions)} captions: give one caption per image")
+        return captions
+
+    @staticmethod
     def _pair(inputs: list, seeds: list[int]) -> None:
         """Refuse a call whose inputs and seeds do not pair up, before any network runs."""
         if len(inputs) != len(seeds):

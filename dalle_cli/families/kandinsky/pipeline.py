@@ -183,6 +183,7 @@ class Kandinsky(Model):
         `noises` (x_T,) or, when None, from an x_T drawn from each image's generator; at η > 0 the step noises
         come from the same generators after it. Kandinsky's decoder reads no text: `captions` change nothing."""
         s = self._check(list(embeds), list(seeds), settings, "vary")
+        self._captions(captions, seeds)  # checked as every family checks them, then unread
         noise = ImageNoise(seeds)
         with self._running():
             negative = self.zero_embed().expand(len(seeds), -1)

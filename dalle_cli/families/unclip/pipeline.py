@@ -332,9 +332,7 @@ class UnCLIP(Model):
         The decoder reads `captions` (one per image), or the empty prompt."""
         s = settings or self.defaults
         self._pair(list(embeds), list(seeds))
-        captions = [""] * len(seeds) if captions is None else list(captions)
-        if len(captions) != len(seeds):
-            raise UsageError(f"{len(seeds)} images but {len(captions)} captions: give one caption per image")
+        captions = self._captions(captions, seeds)
         noise = ImageNoise(seeds)
         with self._running():
             text = self.encode_text(captions, s.decoder_guidance > 1.0)
