@@ -67,6 +67,15 @@ def candidates(default: int, stage: str,
     return dataclasses.field(default=default, metadata={_KNOB: Knob("count", help, stage)})
 
 
+def noise_candidates(default: int,
+                     help: str = "Fixed-noise interpolations: noises tried, keeping the one whose decodings of the "
+                                 "inputs come closest to them.") -> Any:
+    """How many noises a fixed-noise interpolation tries before it keeps the one that best gives back its inputs:
+    an integer from 1 to 16 (1 decodes from the seed's own noise, as the paper's Figure 4)."""
+    return dataclasses.field(default=default, metadata={_KNOB: Knob("count", help, None,
+                                                                    operations=("interpolate",))})
+
+
 def eta(stage: str, help: str = "Invert the picture and decode it by DDIM at this eta (0 gives it back); "
                                 "without it, a variation starts from fresh noise.") -> Any:
     """DDIM's η (Song et al. 2021, eq. 16) for `stage`: a number in [0, 1], or None (the default) where the
@@ -154,8 +163,9 @@ class Settings:
         checked = {name: check_value(name, knobs[name], value, where, error) for name, value in raw.items()}
         return dataclasses.replace(self, **checked)  # type: ignore[type-var]
 
-    def used(self, stages: tuple[str, ...]) -> dict[str, Any]:
-        """The values an operation running `stages` reads, by name, in declaration order: what its record holds.
+    def used(self, operation: str, stages: tuple[str, ...]) -> dict[str, Any]:
+        """The values `operation`, running `stages`, reads, by name, in declaration order: what its record holds.
         A setting left at None (no η) is left out, so records stay as they were before it existed."""
         return {name: getattr(self, name) for name, knob in self.knobs().items()
-                if (knob.stage is None or knob.stage in stages) and getattr(self, name) is not None}
+                if (knob.stage is None or knob.stage in stages) and getattr(self, name) is not None
+                and (knob.operations is None or operation in knob.operations)}

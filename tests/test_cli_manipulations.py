@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from dalle_cli.cli.outputs import read_record
+from dalle_cli.engine.latent import noise_seeds
 from dalle_cli.settings import DIFF_AMOUNT
 from test_cli import dalle, one_error_line, pixels
 
@@ -34,6 +35,9 @@ def test_interp_writes_frames_records_a_sheet_and_an_animation(sources: list[Pat
     first = records[0]
     assert first["interpolate"][0]["source"] == str(sources[0]) and len(first["interpolate"][1]["source_sha256"]) == 64
     assert first["noise"] == "fixed" and first["seed"] == 9 and first["settings"]["decoder_steps"] == 4
+    # The fixed noise is the one of the model's 4 candidates kept, recorded; the records make the frames again.
+    assert first["settings"]["noise_candidates"] == 4 and first["noise_seed"] in noise_seeds(9, 4)
+    assert {r["noise_seed"] for r in records} == {first["noise_seed"]}
     assert read_record(Path(first["path"])) == first
     with Image.open(out / "interp.webp") as animation:
         assert animation.n_frames == 3
@@ -109,6 +113,10 @@ def no_image_encoder(tiny_karlo: Path, tmp_path_factory: pytest.TempPathFactory)
     (["interp", "a red circle", *FAST], "interp needs at least two inputs"),
     (["interp", "a red circle", "{a}", "--noise", "inverted", *FAST], "--noise inverted needs pictures: input 1"),
     (["interp", "{a}", "{b}", "--frames", "1", *FAST], "--frames must be at least 2"),
+    (["interp", "{a}", "{b}", "--noise", "inverted", "--noise-candidates", "2", *FAST],
+     "--noise-candidates picks a fixed noise"),
+    (["interp", "{a}", "{b}", "--noise-candidates", "17", *FAST], "noise_candidates must be an integer from 1 to 16"),
+    (["gen", "a red circle", "--noise-candidates", "2", *FAST], "No such option: --noise-candidates"),
     (["interp", "{a}", "{b}", "--only", "7", *FAST], "--only must be a frame from 0 to 4"),
     (["diff", "{a}", "--to", "a blue circle", "--amount", "1.5", *FAST], "--amount must be between 0 and 1"),
     (["diff", "{a}", "--to", "a blue circle", "--amount", "-0.1", *FAST], "--amount must be between 0 and 1"),

@@ -94,7 +94,7 @@ def test_a_setting_of_another_family_is_a_usage_error_naming_the_model(tiny_karl
 def test_settings_are_checked_against_the_operation() -> None:
     """A variation runs no prior, so its records and its options leave the prior's settings out."""
     assert UNCLIP.applies("prior_steps", "generate") and not UNCLIP.applies("prior_steps", "vary")
-    assert UnCLIPSettings().used(UNCLIP.operations["vary"]) == {"decoder_steps": 25, "sr_steps": 7,
+    assert UnCLIPSettings().used("vary", UNCLIP.operations["vary"]) == {"decoder_steps": 25, "sr_steps": 7,
                                                                "decoder_guidance": 8.0}
     assert UNCLIP.events("generate", UnCLIPSettings(3, 4, 5)) == 12 and UNCLIP.events("vary", UnCLIPSettings()) == 33
     with pytest.raises(dalle_cli.DalleError, match="x: decoder_guidance must be a finite number, got inf"):

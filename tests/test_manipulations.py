@@ -8,8 +8,7 @@ import torch
 
 from dalle_cli import load
 from dalle_cli.diffusion.slerp import slerp
-from dalle_cli.engine.latent import Latent, best_index, best_of, diff_target
-from dalle_cli.engine.model import path_frames
+from dalle_cli.engine.latent import Latent, best_index, best_noise, best_of, diff_target, noise_seeds, path_frames
 from dalle_cli.errors import UsageError
 from dalle_cli.images import fit, to_pil
 from dalle_cli.shapes.evaluate import detect
@@ -63,16 +62,49 @@ def test_interpolation_frames_ends_and_fixed_noise(shapes, pictures) -> None:  #
     inverted = shapes.interpolate_tensors([a, b], 3, 5, noise="inverted")
     assert inverted.shape[0] == 3
     assert min(_psnr(inverted[[0]], [a]) + _psnr(inverted[[2]], [b])) > 30  # the ends reconstruct the inputs
-    fixed = shapes.interpolate_tensors([a, b], 3, 5)
+    one = shapes.defaults.updated({"noise_candidates": 1}, "test")  # the seed's own noise, no candidates
+    fixed = shapes.interpolate_tensors([a, b], 3, 5, one)
     # θ = 0: z_a decoded by the ancestral samplers from seed 5's draws, which is the picture's noise variation.
     start = shapes.render(shapes.encode_image([a]), None, [5], eta=None)
     assert torch.allclose(start, shapes.noise_variation([a], [5], shapes.defaults), atol=1e-5)
     # A frame does not depend on its batch beyond float rounding (batched convolutions round differently).
     assert torch.allclose(fixed[[0]], start, atol=1e-5)
-    assert torch.allclose(shapes.interpolate_tensors([a, b], 3, 5, only=[1]), fixed[[1]], atol=1e-5)
+    assert torch.allclose(shapes.interpolate_tensors([a, b], 3, 5, one, only=[1]), fixed[[1]], atol=1e-5)
     # Three inputs, two segments: the junction frame is made once; a prompt's embedding comes from the prior.
-    path = shapes.interpolate_tensors([a, "a yellow square", b], 3, 5)
+    path = shapes.interpolate_tensors([a, "a yellow square", b], 3, 5, one)
     assert path.shape[0] == 5 and torch.allclose(path[[0]], fixed[[0]], atol=1e-5)
+
+
+def test_fixed_noise_is_the_candidate_whose_decodings_best_give_the_inputs(shapes, pictures) -> None:  # noqa: ANN001
+    """With K noise candidates (shapes' default is 4) the path is decoded from the seed, among `noise_seeds`, whose
+    own decodings of the inputs' embeddings have the highest summed cosine similarity to them."""
+    a, b = pictures[1], pictures[2]
+    seeds = noise_seeds(5, 4)
+    assert seeds[0] == 5 and len(set(seeds)) == 4 and not set(seeds) & set(noise_seeds(6, 4))
+    assert shapes.defaults.noise_candidates == 4
+    embeds = shapes.encode_image([a, b])  # [2, D]
+    scores = []
+    for seed in seeds:  # each candidate decoded on its own
+        again = shapes.encode_image(to_pil(shapes.render(embeds, None, [seed, seed], eta=None)))
+        scores.append(float(torch.nn.functional.cosine_similarity(again, embeds).sum()))
+    expected = seeds[max(range(4), key=scores.__getitem__)]
+    latents = shapes.path_latents([a, b], 5)
+    assert shapes.noise_seed(latents, 5) == expected
+    one = shapes.defaults.updated({"noise_candidates": 1}, "test")
+    assert shapes.noise_seed(latents, 5, one) == 5
+    # The path is the one-candidate path of the seed kept, and a caller can pass that seed for further frames.
+    path = shapes.interpolate_tensors(latents, 3, 5)
+    assert torch.allclose(path, shapes.interpolate_tensors(latents, 3, expected, one), atol=1e-5)
+    assert torch.allclose(shapes.interpolate_tensors(latents, 3, 5, only=[2], noise_seed=expected), path[[2]],
+                          atol=1e-5)
+
+
+def test_best_noise_sums_the_inputs_similarities() -> None:
+    inputs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # Candidate 0 draws the first input exactly and the second badly; candidate 1 draws both fairly well.
+    decoded = torch.tensor([[1.0, 0.0], [1.0, 0.2], [1.0, 0.3], [0.3, 1.0]])
+    assert best_noise(decoded, inputs) == 1
+    assert best_noise(torch.cat([inputs, inputs]), inputs) == 0  # a tie goes to the earlier candidate
     assert path_frames(3, 3) == [(0, 0.0), (0, 0.5), (1, 0.0), (1, 0.5), (1, 1.0)]
 
 
@@ -162,6 +194,14 @@ def test_kandinsky_inverts_through_movq_and_its_decoder(tiny_kandinsky: tuple[Pa
     assert torch.allclose(frames[[0]], again, atol=1e-5)
     with pytest.raises(UsageError, match="1 images but 2 captions"):
         model.render(latent.embeds, latent.noises, [9], settings, captions=["a", "b"])
-    assert model.interpolate_tensors([picture, "a cat"], 2, 3, settings).shape == (2, 3, 64, 64)
+    path = model.interpolate_tensors([picture, "a cat"], 2, 3, settings)
+    assert path.shape == (2, 3, 64, 64)
+    # Kandinsky's fixed noise is picked from candidates as unCLIP's is, and the path is the kept seed's own.
+    picking = settings.__class__(2, 4, width=64, height=64, noise_candidates=3)
+    latents = model.path_latents([picture, "a cat"], 3, picking)
+    kept = model.noise_seed(latents, 3, picking)
+    assert kept in noise_seeds(3, 3)
+    assert torch.allclose(model.interpolate_tensors(latents, 2, 3, picking),
+                          model.interpolate_tensors(latents, 2, kept, settings), atol=1e-5)
     two = settings.__class__(2, 4, width=64, height=64, prior_candidates=2)
     assert model.generate_tensors(["a cat"], [1], two).shape == (1, 3, 64, 64)

@@ -133,7 +133,8 @@ class Run:
             name = render_name(self.common.name, index=index, item=0, i=index, seed=seed, slug=slugify(slug),
                                model=slugify(info.name))
             record = {**fact, "seed": seed, "index": index, "model": info.name, **where, **info.extras,
-                      "settings": self.settings.used(stages), "seconds": round(seconds / len(images), 3),
+                      "settings": self.settings.used(self.operation, stages),
+                      "seconds": round(seconds / len(images), 3),
                       "again": command_line([*again, "--batch-size", self.common.batch_size, "--only", index]),
                       "dalle": __version__}
             path = write_png(image, self.common.out / name, record)
@@ -207,7 +208,9 @@ def interp(
         if noise == "inverted" and prompts:
             raise UsageError(f"--noise inverted needs pictures: input {prompts[0]} is a prompt, which has no "
                              "inverted noise (use --noise fixed)")
-        from ..engine.model import path_frames
+        if noise == "inverted" and settings.get("noise_candidates") is not None:
+            raise UsageError("--noise-candidates picks a fixed noise: --noise inverted decodes from the pictures' own")
+        from ..engine.latent import path_frames
 
         path = path_frames(len(items), frames)
         todo = frames_in_batches(len(path), common.batch_size, only)
@@ -217,15 +220,19 @@ def interp(
                  "--seed", seed, *run.options]
         pictures = sum(item.path is not None for item in items) if noise == "inverted" else 0
         count = sum(map(len, todo))
-        with display.progress(count, planned_events(run, len(todo), pictures, len(prompts))) as meter:
+        picking = noise == "fixed" and run.settings.noise_candidates > 1  # type: ignore[attr-defined]
+        with display.progress(count, planned_events(run, len(todo) + picking, pictures, len(prompts))) as meter:
             report = meter.batch(list(range(count)))
             latents = run.model.path_latents([load_image(i.path) if i.path is not None else i.prompt for i in items],
                                              seed, run.settings, noise=noise, progress=report)
+            picked = run.model.noise_seed(latents, seed, run.settings, progress=report) if noise == "fixed" else None
+            fixed = {} if picked is None else {"noise_seed": picked}
             for batch in todo:
-                images, seconds = timed(lambda: run.model.interpolate(latents, frames, seed, run.settings,
-                                                                      noise=noise, only=batch, progress=report))
+                images, seconds = timed(lambda: run.model.interpolate(latents, frames, seed, run.settings, noise=noise,
+                                                                      only=batch, noise_seed=picked, progress=report))
                 facts = [{"interpolate": [item.record() for item in items], "frame": k, "frames": frames,
-                          "segment": path[k][0], "theta": round(path[k][1], 6), "noise": noise} for k in batch]
+                          "segment": path[k][0], "theta": round(path[k][1], 6), "noise": noise, **fixed}
+                         for k in batch]
                 run.write(images, batch[0], "-to-".join(item.label for item in items), seed, facts, again, seconds,
                           only)
         run.finish(animation, "interp")

@@ -102,7 +102,7 @@ def record(job: Job, info: ModelInfo, stages: tuple[str, ...], seconds: float,
         made_from = {"source": str(job.source), "source_sha256": digest}
     where = {"repo_id": info.repo_id, "revision": info.revision} if info.repo_id else {"model_path": info.path}
     return {**made_from, "seed": job.seed, "index": job.index, "model": info.name, **where, **info.extras,
-            "settings": job.settings.used(stages), "seconds": round(seconds, 3), "dalle": __version__}
+            "settings": job.settings.used(job.operation, stages), "seconds": round(seconds, 3), "dalle": __version__}
 
 
 class Models:

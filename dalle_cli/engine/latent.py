@@ -81,3 +81,29 @@ def best_of(candidates: list[Tensor], text_embeds: Tensor) -> Tensor:
         return candidates[0]
     pick = best_index(candidates, text_embeds)
     return torch.stack(candidates)[pick, torch.arange(len(pick), device=pick.device)]
+
+
+def noise_seeds(seed: int, count: int) -> list[int]:
+    """The seeds of a fixed-noise path's `count` candidate noises: `seed` itself first, so that one candidate is the
+    path of `seed` alone, then `count - 1` seeds drawn from a generator seeded with `seed` (rather than seed + 1,
+    ..., which would give neighbouring seeds the same candidates)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [seed, *torch.randint(0, 2**63 - 1, (count - 1,), generator=generator).tolist()]
+
+
+def best_noise(decoded: Tensor, embeds: Tensor) -> int:
+    """The index of the candidate noise whose decodings come closest to the inputs: `decoded` holds the CLIP
+    embeddings of each candidate's decodings of the inputs, candidate by candidate [K * n, D]; `embeds` the inputs'
+    [n, D]. The highest summed cosine similarity wins; ties go to the earlier candidate."""
+    similarity = F.cosine_similarity(decoded.float(), embeds.float().repeat(len(decoded) // len(embeds), 1), dim=-1)
+    return int(similarity.view(-1, len(embeds)).sum(dim=1).argmax())
+
+
+def path_frames(inputs: int, frames: int) -> list[tuple[int, float]]:
+    """The (segment, θ) of every frame of a path through `inputs` inputs with `frames` frames per segment, each
+    junction once: (inputs - 1)(frames - 1) + 1 frames."""
+    if inputs < 2:
+        raise UsageError(f"an interpolation needs at least two inputs, got {inputs}")
+    thetas = frame_thetas(frames)
+    path = [(segment, theta) for segment in range(inputs - 1) for theta in thetas[:-1]]
+    return [*path, (inputs - 2, 1.0)]

@@ -15,7 +15,7 @@ from ..images import fit, to_pil
 from ..masks import feather, feather_width, fit_mask, has_transparency, paste, read_mask
 from ..settings import DIFF_AMOUNT, Settings
 from ..sources import ModelSource
-from .latent import Latent, diff_target, frame_thetas, stack
+from .latent import Latent, best_noise, diff_target, noise_seeds, path_frames, stack
 from .offload import Residency
 
 
@@ -171,7 +171,7 @@ class Model:
 
     def interpolate(self, inputs: Sequence[Image.Image | str | Latent], frames: int, seed: int,
                     settings: Settings | None = None, *, noise: str = "fixed", only: Sequence[int] | None = None,
-                    progress: ProgressCallback | None = None) -> list[Image.Image]:
+                    noise_seed: int | None = None, progress: ProgressCallback | None = None) -> list[Image.Image]:
         """The frames of a path through the inputs' embeddings (paper §3.2): pictures (or their latents from
         `invert`) and prompts, whose embedding the prior samples with `seed`. Each segment between two inputs has
         `frames` frames at θ = k / (frames - 1), the embedding slerp(z_a, z_b, θ) (`diffusion.slerp`); a frame
@@ -179,13 +179,15 @@ class Model:
         decoded from the same draws of `seed` by the decoder's own sampler (noise "fixed": one x_T and the same
         step noises for every frame, the paper's Figure 4 "decoder seed fixed across each row"), or by DDIM at
         η = 0 from slerp(x_T a, x_T b, θ) of the pictures' inversions (noise "inverted", pictures only: its end
-        frames give the pictures back). `only` picks frames by their index (default: all)."""
+        frames give the pictures back). Fixed noise is drawn from `noise_seed`, by default the one `noise_seed`
+        picks (pass it when making a path's frames in several calls). `only` picks frames by their index (default:
+        all)."""
         return to_pil(self.interpolate_tensors(inputs, frames, seed, settings, noise=noise, only=only,
-                                               progress=progress))
+                                               noise_seed=noise_seed, progress=progress))
 
     def interpolate_tensors(self, inputs: Sequence[Image.Image | str | Latent], frames: int, seed: int,
                             settings: Settings | None = None, *, noise: str = "fixed",
-                            only: Sequence[int] | None = None,
+                            only: Sequence[int] | None = None, noise_seed: int | None = None,
                             progress: ProgressCallback | None = None) -> torch.Tensor:
         """As `interpolate`, the frames as one float tensor [F, 3, H, W] in [-1, 1] on the model's device."""
         s = self._settings(settings)
@@ -206,8 +208,26 @@ class Model:
         if noise == "inverted":
             batch = stack(blends)
             return self.render(batch.embeds, batch.noises, [seed] * len(which), s, progress=progress)
+        if noise_seed is None:
+            noise_seed = self.noise_seed(latents, seed, s, progress=progress)
         embeds = stack([Latent(b.embeds) for b in blends]).embeds
-        return self.render(embeds, None, [seed] * len(which), s, eta=None, progress=progress)
+        return self.render(embeds, None, [noise_seed] * len(which), s, eta=None, progress=progress)
+
+    def noise_seed(self, latents: Sequence[Latent], seed: int, settings: Settings | None = None, *,
+                   progress: ProgressCallback | None = None) -> int:
+        """The seed of a fixed-noise path's noise through `latents` (from `path_latents`): of the K =
+        `settings.noise_candidates` seeds `noise_seeds(seed, K)`, the one whose decodings of the inputs' embeddings
+        come closest to them (`best_noise`), so that the path starts and ends nearest its inputs. A noise that
+        draws an input at another size or place lets the next frame resemble the input more than the end frame
+        does; with one candidate this is `seed`, and nothing is decoded."""
+        s = self._settings(settings)
+        seeds = noise_seeds(seed, s.noise_candidates)  # type: ignore[attr-defined]
+        if len(seeds) == 1:
+            return seed
+        embeds = stack([Latent(x.embeds) for x in latents]).embeds  # [n, D]
+        decoded = self.render(embeds.repeat(len(seeds), 1), None, [c for c in seeds for _ in embeds], s, eta=None,
+                              progress=progress)  # [K * n, 3, H, W], candidate by candidate
+        return seeds[best_noise(self.encode_image(to_pil(decoded)), embeds)]
 
     def text_diff(self, images: Sequence[Image.Image | Latent], to: str, *, baseline: str = "",
                   amounts: Sequence[float] = (DIFF_AMOUNT,), settings: Settings | None = None,
@@ -384,13 +404,3 @@ def check_amount(theta: Any) -> float:
     if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 <= theta <= 1:
         raise UsageError(f"the amount must be a number from 0 to 1, got {theta!r}")
     return float(theta)
-
-
-def path_frames(inputs: int, frames: int) -> list[tuple[int, float]]:
-    """The (segment, θ) of every frame of a path through `inputs` inputs with `frames` frames per segment, each
-    junction once: (inputs - 1)(frames - 1) + 1 frames."""
-    if inputs < 2:
-        raise UsageError(f"an interpolation needs at least two inputs, got {inputs}")
-    thetas = frame_thetas(frames)
-    path = [(segment, theta) for segment in range(inputs - 1) for theta in thetas[:-1]]
-    return [*path, (inputs - 2, 1.0)]

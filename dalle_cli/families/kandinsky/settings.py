@@ -3,14 +3,15 @@ prior 25 steps at guidance 4, decoder 100 steps at guidance 4, no negative promp
 
 from dataclasses import dataclass
 
-from ...settings import Settings, candidates, eta, guidance, pixels, sampler, steps, strength, text
+from ...settings import Settings, candidates, eta, guidance, noise_candidates, pixels, sampler, steps, strength, text
 
 
 @dataclass(frozen=True)
 class KandinskySettings(Settings):
     """Steps and guidance of the prior and the latent decoder, the image size, a negative prompt, the prior's
-    candidates per image, the DDIM η of inverted variations, an edit's strength (image to image) and the sampler of
-    generations, noise variations and interpolations with fixed noise."""
+    candidates per image, the noises a fixed-noise interpolation tries, the DDIM η of inverted variations, an edit's
+    strength (image to image) and the sampler of generations, noise variations and interpolations with fixed
+    noise."""
 
     prior_steps: int = steps(25, "prior", "Prior steps.")
     decoder_steps: int = steps(100, "decoder", "Decoder steps.")
@@ -20,6 +21,7 @@ class KandinskySettings(Settings):
     height: int = pixels(512, "Image height in pixels, a multiple of 64.", 64, 2048, 64)
     negative_prompt: str = text("", "What the images should not show (the prior's unconditional prompt).", "prior")
     prior_candidates: int = candidates(1, "prior")
+    noise_candidates: int = noise_candidates(1)
     eta: float | None = eta("invert")
     strength: float | None = strength("edit")
     sampler: str | None = sampler(("generate", "vary", "interpolate"))
