@@ -14,7 +14,8 @@ evaluator (dalle_cli/shapes/evaluate.py) on the largest detected blob:
    for each θ in `--thetas`, with the baseline "" and with the source's own "a {colour} {shape}" (`--from`), and
    for each decoder guidance in `--guidances` (decoding the latents inverted at the model's guidance);
 3. interpolations (`interpolate`, `--frames` frames) from each image to the next one of the draw that differs in
-   colour and shape, with noise fixed and inverted: whether the end frames show their input's colour and shape,
+   colour and shape, with noise fixed (kept from each count of `--noise-candidates`) and inverted: whether the end
+   frames show their input's colour and shape,
    and whether the frames' CLIP image-embedding cosine to the first input never increases along the path, strictly
    and within `MONOTONE_TOLERANCE` (a frame may sit that much above the one before it: neighbouring frames that
    show the same picture differ in the cosine's third decimal);
@@ -138,8 +139,9 @@ def text_diffs(model, s, captions: list[str], latent: Latent, inputs: list[Attrs
 
 
 def interpolations(model, s, images: list[Image.Image], latent: Latent, inputs: list[Attrs], seed: int,
-                   frames: int) -> list[list[object]]:
-    """Section 3: each image to the next one of the draw whose colour and shape both differ (as detected)."""
+                   frames: int, counts: Sequence[int]) -> list[list[object]]:
+    """Section 3: each image to the next one of the draw whose colour and shape both differ (as detected), with
+    fixed noise kept from each count of noise candidates in `counts`, then with inverted noise."""
     pairs = []
     for i, a in enumerate(inputs):
         others = [(i + k) % len(inputs) for k in range(1, len(inputs))]
@@ -148,10 +150,11 @@ def interpolations(model, s, images: list[Image.Image], latent: Latent, inputs: 
         if j is not None:
             pairs.append((i, j))
     rows = []
-    for noise in ("fixed", "inverted"):
+    for noise, count in [*(("fixed", k) for k in counts), ("inverted", s.noise_candidates)]:
         ends, monotone, nearly = [], [], []
+        settings = s.updated({"noise_candidates": count}, "benchmark")
         for k, (i, j) in enumerate(pairs):
-            path = model.interpolate([latent.row(i), latent.row(j)], frames, seed * 10_000 + 6_000 + k, s,
+            path = model.interpolate([latent.row(i), latent.row(j)], frames, seed * 10_000 + 6_000 + k, settings,
                                      noise=noise)
             first, last = attributes(path[0]), attributes(path[-1])
             ends.append(all(bool(f and f[a] == inputs[n][a]) for f, n in ((first, i), (last, j))
@@ -160,8 +163,8 @@ def interpolations(model, s, images: list[Image.Image], latent: Latent, inputs: 
                 similarity = F.cosine_similarity(model.encode_image(path).float(), latent.embeds[i:i + 1].float())
             monotone.append(bool((similarity[1:] <= similarity[:-1]).all()))
             nearly.append(bool((similarity[1:] <= similarity[:-1] + MONOTONE_TOLERANCE).all()))
-        rows.append([noise, len(pairs), frames, percent(ends), percent(monotone), percent(nearly),
-                     TARGET_ENDS[noise]])
+        rows.append([noise, count if noise == "fixed" else "-", len(pairs), frames, percent(ends), percent(monotone),
+                     percent(nearly), TARGET_ENDS[noise]])
     return rows
 
 
@@ -195,6 +198,8 @@ def main() -> None:
     parser.add_argument("--guidances", type=float, nargs="+", default=None,
                         help="decoder guidances to decode text diffs at (default: the model's)")
     parser.add_argument("--refine", type=int, default=noise_stages.INVERSION_REFINE, help="INVERSION_REFINE")
+    parser.add_argument("--noise-candidates", type=int, nargs="+", default=None,
+                        help="section 3's fixed-noise rows: noise candidates (default: 1 and the model's)")
     parser.add_argument("--model", default="shapes")
     parser.add_argument("--tune", action="store_true", help="run the tuning sweeps instead of the report")
     parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3, 4], help="the report's sections to run")
@@ -240,10 +245,11 @@ def main() -> None:
         table(f"2. text diffs (target: {TARGET_DIFF})",
               ["change", "baseline", "guidance", "θ", "n", "changed", "kept", "position", "meets"], rows, seconds)
     if not args.tune and 3 in args.sections:
-        rows, seconds = timed(lambda: interpolations(model, s, images, latent, inputs, seed, args.frames))
+        counts = args.noise_candidates or sorted({1, s.noise_candidates})
+        rows, seconds = timed(lambda: interpolations(model, s, images, latent, inputs, seed, args.frames, counts))
         table("3. interpolations between pictures of another colour and shape",
-              ["noise", "paths", "frames", "ends", "monotone", f"within {MONOTONE_TOLERANCE:g}", "target"], rows,
-              seconds)
+              ["noise", "candidates", "paths", "frames", "ends", "monotone", f"within {MONOTONE_TOLERANCE:g}",
+               "target"], rows, seconds)
     if args.tune or 4 in args.sections:
         rows, seconds = timed(lambda: reranking(model, s, rng, n, seed, args.batch))
         table("4. reranking, two-object captions (K = 2 or 4 should beat K = 1 on all)",
