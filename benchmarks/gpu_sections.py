@@ -77,7 +77,7 @@ class Context:
 def _given(settings: Settings) -> dict:
     """The settings as a generated image's record holds them: those text to image reads, none left at None."""
     family = next(f for f in FAMILIES.values() if isinstance(settings, f.settings))
-    return settings.used(family.operations["generate"])
+    return settings.used("generate", family.operations["generate"])
 
 
 def plans(device: torch.device, images: int, low_vram_batches: tuple[int, ...] | None = None) -> list[Plan]:

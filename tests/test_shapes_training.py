@@ -86,7 +86,7 @@ def test_recipe_writes_the_shipped_layout_and_records_a_replay(tmp_path: Path) -
     assert settings == (shipped / "dalle.json").read_text(encoding="utf-8")
     assert json.loads(settings)["family"] == "unclip"
     assert json.loads(settings)["defaults"] == {"prior_steps": 15, "decoder_steps": 15, "sr_steps": 7,
-                                                "prior_guidance": 2.0, "decoder_guidance": 2.0}
+                                                "prior_guidance": 2.0, "decoder_guidance": 2.0, "noise_candidates": 4}
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["steps"] == dict.fromkeys(train.STAGES, 2)
     assert recipe["replay"] == "--seed 3 --steps 2,2,2,2 --minutes 10000"
