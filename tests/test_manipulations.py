@@ -73,6 +73,7 @@ def test_interpolation_frames_ends_and_fixed_noise(shapes, pictures) -> None:  #
     # Three inputs, two segments: the junction frame is made once; a prompt's embedding comes from the prior.
     path = shapes.interpolate_tensors([a, "a yellow square", b], 3, 5, one)
     assert path.shape[0] == 5 and torch.allclose(path[[0]], fixed[[0]], atol=1e-5)
+    assert path_frames(3, 3) == [(0, 0.0), (0, 0.5), (1, 0.0), (1, 0.5), (1, 1.0)]
 
 
 def test_fixed_noise_is_the_candidate_whose_decodings_best_give_the_inputs(shapes, pictures) -> None:  # noqa: ANN001
@@ -105,7 +106,6 @@ def test_best_noise_sums_the_inputs_similarities() -> None:
     decoded = torch.tensor([[1.0, 0.0], [1.0, 0.2], [1.0, 0.3], [0.3, 1.0]])
     assert best_noise(decoded, inputs) == 1
     assert best_noise(torch.cat([inputs, inputs]), inputs) == 0  # a tie goes to the earlier candidate
-    assert path_frames(3, 3) == [(0, 0.0), (0, 0.5), (1, 0.0), (1, 0.5), (1, 1.0)]
 
 
 def test_interpolation_refuses_bad_input(shapes, pictures) -> None:  # noqa: ANN001

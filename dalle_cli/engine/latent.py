@@ -95,8 +95,8 @@ def best_noise(decoded: Tensor, embeds: Tensor) -> int:
     """The index of the candidate noise whose decodings come closest to the inputs: `decoded` holds the CLIP
     embeddings of each candidate's decodings of the inputs, candidate by candidate [K * n, D]; `embeds` the inputs'
     [n, D]. The highest summed cosine similarity wins; ties go to the earlier candidate."""
-    similarity = F.cosine_similarity(decoded.float(), embeds.float().repeat(len(decoded) // len(embeds), 1), dim=-1)
-    return int(similarity.view(-1, len(embeds)).sum(dim=1).argmax())
+    similarity = F.cosine_similarity(decoded.float().view(-1, *embeds.shape), embeds.float()[None], dim=-1)  # [K, n]
+    return int(similarity.sum(dim=1).argmax())
 
 
 def path_frames(inputs: int, frames: int) -> list[tuple[int, float]]:
