@@ -9,15 +9,14 @@ import torch
 from PIL import Image
 
 from ..api import ModelInfo, ProgressCallback
-from ..errors import CompileError, OutOfMemoryError, UsageError
 from ..diffusion.slerp import slerp
+from ..errors import CompileError, OutOfMemoryError, UsageError
 from ..images import fit, to_pil
 from ..masks import feather, feather_width, fit_mask, has_transparency, paste, read_mask
 from ..settings import DIFF_AMOUNT, Settings
 from ..sources import ModelSource
 from .latent import Latent, best_noise, diff_target, noise_seeds, path_frames, stack
 from .offload import Residency
-
 
 # How many graphs torch.compile keeps for one network class before it runs the class eagerly: the instances of a class
 # share dynamo's cache (Karlo's decoder and two super-resolution UNets), and each takes a graph per batch size (1 is
