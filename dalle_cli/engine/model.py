@@ -209,7 +209,7 @@ class Model:
             return self.render(batch.embeds, batch.noises, [seed] * len(which), s, progress=progress)
         if noise_seed is None:
             noise_seed = self.noise_seed(latents, seed, s, progress=progress)
-        embeds = stack([Latent(b.embeds) for b in blends]).embeds
+        embeds = torch.cat([b.embeds for b in blends])  # [F, D]
         return self.render(embeds, None, [noise_seed] * len(which), s, eta=None, progress=progress)
 
     def noise_seed(self, latents: Sequence[Latent], seed: int, settings: Settings | None = None, *,
@@ -223,7 +223,7 @@ class Model:
         seeds = noise_seeds(seed, s.noise_candidates)  # type: ignore[attr-defined]
         if len(seeds) == 1:
             return seed
-        embeds = stack([Latent(x.embeds) for x in latents]).embeds  # [n, D]
+        embeds = torch.cat([x.embeds for x in latents])  # [n, D]
         decoded = self.render(embeds.repeat(len(seeds), 1), None, [c for c in seeds for _ in embeds], s, eta=None,
                               progress=progress)  # [K * n, 3, H, W], candidate by candidate
         return seeds[best_noise(self.encode_image(to_pil(decoded)), embeds)]
