@@ -37,6 +37,7 @@ def test_interp_writes_frames_records_a_sheet_and_an_animation(sources: list[Pat
     assert first["noise"] == "fixed" and first["seed"] == 9 and first["settings"]["decoder_steps"] == 4
     # The fixed noise is the one of the model's 4 candidates kept, recorded; the records make the frames again.
     assert first["settings"]["noise_candidates"] == 4 and first["noise_seed"] in noise_seeds(9, 4)
+    assert not [name for name in first["settings"] if name.startswith("prior_")]  # two pictures: no prior ran
     assert {r["noise_seed"] for r in records} == {first["noise_seed"]}
     assert read_record(Path(first["path"])) == first
     with Image.open(out / "interp.webp") as animation:
@@ -63,6 +64,16 @@ def test_interp_inverted_gives_the_pictures_back_at_its_ends(sources: list[Path]
         error = np.abs(pixels(Path(record["path"])).astype(int) - pixels(source).astype(int))
         assert error.mean() < 2, error.mean()
     assert (tmp_path / "interp.gif").is_file()
+    # The record holds the settings the path read: the decoding's, no prior, no fixed-noise candidates.
+    assert set(records[0]["settings"]) == {"decoder_steps", "sr_steps", "decoder_guidance"}
+
+
+def test_interp_through_a_prompt_records_the_prior_settings(sources: list[Path], tmp_path: Path) -> None:
+    made = dalle("interp", sources[0], "a green square", "--frames", 2, "--seed", 3, *FAST, "--prior-steps", 4,
+                 "--noise-candidates", 1, "--json", "-o", tmp_path)
+    assert made.exit_code == 0, made.output
+    settings = json.loads(made.stdout.splitlines()[0])["settings"]
+    assert settings["prior_steps"] == 4 and settings["noise_candidates"] == 1 and "prior_guidance" in settings
 
 
 def test_diff_frames_from_the_picture_to_the_caption(sources: list[Path], tmp_path: Path) -> None:

@@ -116,15 +116,18 @@ class Run:
         return seed
 
     def write(self, images: list[Any], first: int, slug: str, seed: int, facts: list[dict[str, Any]],
-              again: list[str], seconds: float, only: int | None = None) -> None:
+              again: list[str], seconds: float, only: int | None = None,
+              used: dict[str, Any] | None = None) -> None:
         """Write frames `first`, `first + 1`, ... (just frame `only`, when given) with their records (`facts` per
-        frame, on top of the run's)."""
+        frame, on top of the run's). `used` is the settings the frames read, when they are fewer than every stage
+        of the operation reads."""
         from .naming import render_name, slugify
         from .outputs import write_png
 
         info = self.model.info
         where = {"repo_id": info.repo_id, "revision": info.revision} if info.repo_id else {"model_path": info.path}
-        stages = self.model.family.operations[self.operation]
+        if used is None:
+            used = self.settings.used(self.operation, self.model.family.operations[self.operation])
         self.common.out.mkdir(parents=True, exist_ok=True)
         for k, (image, fact) in enumerate(zip(images, facts, strict=True)):
             index = first + k
@@ -133,7 +136,7 @@ class Run:
             name = render_name(self.common.name, index=index, item=0, i=index, seed=seed, slug=slugify(slug),
                                model=slugify(info.name))
             record = {**fact, "seed": seed, "index": index, "model": info.name, **where, **info.extras,
-                      "settings": self.settings.used(self.operation, stages),
+                      "settings": used,
                       "seconds": round(seconds / len(images), 3),
                       "again": command_line([*again, "--batch-size", self.common.batch_size, "--only", index]),
                       "dalle": __version__}
@@ -221,6 +224,10 @@ def interp(
         pictures = sum(item.path is not None for item in items) if noise == "inverted" else 0
         count = sum(map(len, todo))
         picking = noise == "fixed" and run.settings.noise_candidates > 1  # type: ignore[attr-defined]
+        # The record holds what the path reads: no prior without a prompt, no noise candidates for inverted noise.
+        stages = tuple(stage for stage in run.model.family.operations["interpolate"] if prompts or stage != "prior")
+        used = {name: value for name, value in run.settings.used("interpolate", stages).items()
+                if noise == "fixed" or name != "noise_candidates"}
         with display.progress(count, planned_events(run, len(todo) + picking, pictures, len(prompts))) as meter:
             report = meter.batch(list(range(count)))
             latents = run.model.path_latents([load_image(i.path) if i.path is not None else i.prompt for i in items],
@@ -234,7 +241,7 @@ def interp(
                           "segment": path[k][0], "theta": round(path[k][1], 6), "noise": noise, **fixed}
                          for k in batch]
                 run.write(images, batch[0], "-to-".join(item.label for item in items), seed, facts, again, seconds,
-                          only)
+                          only, used)
         run.finish(animation, "interp")
 
 
