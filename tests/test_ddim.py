@@ -17,8 +17,8 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from dalle_cli.configs import from_config, read_json
 from dalle_cli.diffusion import ddpm, schedule
-from dalle_cli.diffusion.ddim import (DDIMConfig, config_for, invert, invert_step, invertible, needs_noise, sample,
-                                      step)
+from dalle_cli.diffusion.ddim import (DDIMConfig, clean_step, config_for, invert, invert_step, invertible,
+                                      needs_noise, sample, step)
 from dalle_cli.errors import ConfigError, SchedulerError
 from reference import KARLO, REFERENCE
 
@@ -543,3 +543,45 @@ def test_clean_x0_takes_the_first_step_from_the_sample_itself() -> None:
     for i in reversed(range(len(steps) - 2)):
         x = invert_step(model(x, steps[i], i), steps[i + 1], steps[i], x, tables, DDIMConfig("sample"))
     assert torch.equal(ours, x)
+
+
+def test_clean_step_corrects_its_start_against_sampling_and_keeps_the_nearest_iterate() -> None:
+    """A model with x̂_0 = c x / √ᾱ, c per sample: one step to the clean end gives c x / √ᾱ, so each correction
+    x += √ᾱ (x0 - c x / √ᾱ) multiplies the residual by 1 - c. For c = 0.5 it halves, and after 3 corrections
+    sampling misses x0 by x0 / 16; for c = 3 it doubles each time, and that sample keeps its start √ᾱ x0. Every
+    iterate is sampled once, one call per step, numbered as `sample` numbers them."""
+    tables, timesteps = FAMILIES["unclip"]
+    t = timesteps(7)[-2]
+    c = torch.tensor([0.5, 3.0]).view(2, 1, 1, 1)
+    calls: list[tuple[int, int]] = []
+
+    def model(x: torch.Tensor, timestep: int, i: int) -> torch.Tensor:
+        calls.append((timestep, i))
+        return c * x / tables.alpha_bar(timestep) ** 0.5
+
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    start = tables.alpha_bar(t) ** 0.5 * x0
+    assert torch.equal(clean_step(model, x0, [t], tables, DDIMConfig("sample"), 0), start) and not calls
+    ours = clean_step(model, x0, [t], tables, DDIMConfig("sample"), 3)
+    assert calls == [(t, 0)] * 4
+    torch.testing.assert_close(sample(model, ours, [t], tables, DDIMConfig("sample"))[0], x0[0] * 15 / 16)
+    assert torch.equal(ours[1], start[1])
+
+
+def test_refined_clean_x0_inversion_starts_with_the_clean_step_over_the_steps_below() -> None:
+    """With `clean_x0` and `refine`, `invert`'s first step is `clean_step` over sampling's last two steps (the
+    skipped t = 0 and the one above it), its calls numbered as sampling numbers them; the rest is refined as
+    before."""
+    tables, timesteps = FAMILIES["unclip"]
+    steps = timesteps(7)
+    n = len(steps)
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(10)).clamp(-1, 1)
+    model, calls = toy_model(seed=10)
+    seen: dict[int, torch.Tensor] = {}
+    invert(model, x0, steps, tables, DDIMConfig("sample"), lambda i, t, x: seen.setdefault(i, x), clean_at=0,
+           refine=2, clean_x0=True)
+    assert calls[:6] == [(steps[-2], n - 2), (steps[-1], n - 1)] * 3
+    assert [t for t, _ in calls[6:9]] == [steps[-3]] * 3  # the next step: one inversion call, two corrections
+    fresh, _ = toy_model(seed=10)
+    expected = clean_step(lambda x, t, k: fresh(x, t, n - 2 + k), x0, steps[-2:], tables, DDIMConfig("sample"), 2)
+    assert torch.equal(seen[n - 2], expected)

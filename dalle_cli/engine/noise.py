@@ -97,7 +97,8 @@ def invert_stage(denoise: sampler.Denoiser, x0: torch.Tensor, steps: list[int], 
                  config: ddim.DDIMConfig, on_step: sampler.OnStep) -> torch.Tensor:
     """DDIM inversion of one stage's clean sample x0 up `steps` (those `ddim_stage` samples down), refined
     `INVERSION_REFINE` times per step. A model that predicts x_0 has no noise at ᾱ = 1: its inversion starts at
-    t = 0 and takes its first step from the sample itself (`ddim.invert`'s `clean_x0`)."""
+    t = 0 and takes its first step from the sample itself, corrected as often against the sampling steps
+    below it (`ddim.invert`'s `clean_x0`)."""
     x0_model = config.prediction_type == "sample"
     return ddim.invert(denoise, x0, steps, tables, config, on_step, clean_at=0 if x0_model else -1,
                        refine=INVERSION_REFINE, clean_x0=x0_model)
