@@ -327,10 +327,10 @@ def clean_step(denoise: Denoiser, x0: Tensor, steps: list[int], tables: NoiseSch
     a tie), never worse than the start. Costs (refine + 1) · len(steps) model calls when refine > 0, none at 0.
     Shapes as x0's.
     """
-    x = tables.alpha_bar(steps[0]) ** 0.5 * x0
+    gain = tables.alpha_bar(steps[0]) ** 0.5  # √ᾱ: the start's scale and the correction's gain
+    x = gain * x0
     if refine == 0:
         return x
-    gain = tables.alpha_bar(steps[0]) ** 0.5
     best, best_error = x, None
     for k in range(refine + 1):
         residual = x0 - sample(denoise, x, steps, tables, config)
