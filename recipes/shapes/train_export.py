@@ -120,7 +120,7 @@ SCHEDULERS = {"prior_scheduler": scheduler_config("sample", 5.0), "decoder_sched
 
 # The sampling defaults were chosen on validation seeds for the shipped weights (guidance 2/2 followed prompts best of
 # 2/2, 4/4 and 2/1, at 15 + 15 + 7 steps; see the README's shapes section), and the fast preset (the ancestral
-# samplers at 3 + 11 + 4 steps) on validation seeds among budgets of at most half the default's network calls (the
+# samplers at 3 + 13 + 2 steps) on validation seeds among budgets of at most half the default's network calls (the
 # README's speed section), so a folder the recipe writes samples as `dalle gen -m shapes` does. A fixed-noise
 # interpolation tries 4 noises (the README's manipulations section: its paths' similarity to the first input then
 # falls in more of them, since the noise kept draws the inputs at their own size and place).
@@ -130,7 +130,7 @@ DALLE_SETTINGS: dict[str, Any] = {
     "family": "unclip",
     "defaults": {"prior_steps": 15, "decoder_steps": 15, "sr_steps": 7, "prior_guidance": 2.0,
                  "decoder_guidance": 2.0, "noise_candidates": 4},
-    "fast": {"sampler": "ddpm", "prior_steps": 3, "decoder_steps": 11, "sr_steps": 4},
+    "fast": {"sampler": "ddpm", "prior_steps": 3, "decoder_steps": 13, "sr_steps": 2},
 }
 
 MODEL_INDEX = {
