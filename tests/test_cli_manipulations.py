@@ -13,6 +13,7 @@ from PIL import Image
 from dalle_cli.cli.outputs import read_record
 from dalle_cli.engine.latent import noise_seeds
 from dalle_cli.settings import DIFF_AMOUNT
+from dalle_cli.sources import locate
 from test_cli import dalle, one_error_line, pixels
 
 FAST = ["-m", "shapes", "--decoder-steps", "4", "--sr-steps", "3"]
@@ -66,6 +67,26 @@ def test_interp_inverted_gives_the_pictures_back_at_its_ends(sources: list[Path]
     assert (tmp_path / "interp.gif").is_file()
     # The record holds the settings the path read: the decoding's, no prior, no fixed-noise candidates.
     assert set(records[0]["settings"]) == {"decoder_steps", "sr_steps", "decoder_guidance"}
+
+
+def test_interp_fast_names_its_presets_settings_in_the_command_that_makes_a_frame_again(
+        sources: list[Path], tmp_path: Path) -> None:
+    """A frame's command spells `--fast` out as the steps and sampler of the preset (over the defaults, under the
+    options given), so it makes the frame again even after the preset changes."""
+    made = dalle("interp", *sources, "--frames", 2, "--seed", 5, "-m", "shapes", "--fast", "--sr-steps", 3,
+                 "--json", "-o", tmp_path / "path")
+    assert made.exit_code == 0, made.output
+    record = json.loads(made.stdout.splitlines()[1])
+    again = shlex.split(record["again"])
+    fast, default = locate("shapes").fast, locate("shapes").defaults
+    assert "--fast" not in again and again[again.index("--sr-steps") + 1] == "3"
+    assert again[again.index("--decoder-steps") + 1] == str(fast.decoder_steps) != str(default.decoder_steps)
+    assert again[again.index("--sampler") + 1] == fast.sampler
+    assert again.count("--sr-steps") == 1 and "--decoder-guidance" not in again  # the preset leaves it as it was
+    remade = dalle(*again[1:], "-o", tmp_path / "again", "-q")
+    assert remade.exit_code == 0, remade.output
+    [frame] = (tmp_path / "again").glob("0001-*.png")
+    assert np.array_equal(pixels(frame), pixels(Path(record["path"])))
 
 
 def test_interp_through_a_prompt_records_the_prior_settings(sources: list[Path], tmp_path: Path) -> None:

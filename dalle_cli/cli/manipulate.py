@@ -102,10 +102,14 @@ class Run:
                           low_memory=common.low_memory, compile=common.compile, on_notice=display.note)
         self.model.prepare(operation)
         self.written: list[Path] = []
-        # What a frame's command must repeat besides the inputs: the model, its parts and the settings given.
-        self.options = ["-m", common.model or spec, *(["--fast"] if common.fast else []),
+        # What a frame's command must repeat besides the inputs: the model, its parts and the settings given. --fast
+        # is spelled out as the settings its preset changes, so the command still makes the frame after a later
+        # version of the model or of dalle chooses another preset.
+        preset = {name: getattr(base, name) for name in base.knobs() if common.fast
+                  and getattr(base, name) is not None and getattr(base, name) != getattr(source.defaults, name)}
+        self.options = ["-m", common.model or spec,
                         *(w for role, other in sorted(common.parts.items()) for w in (flag(role), other)),
-                        *(w for name, value in given.items() for w in (flag(name), value))]
+                        *(w for name, value in {**preset, **given}.items() for w in (flag(name), value))]
 
     def seed(self) -> int:
         """The run's seed: --seed, else a random one, announced so that the run can be repeated."""
