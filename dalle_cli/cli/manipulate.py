@@ -105,8 +105,10 @@ class Run:
         # What a frame's command must repeat besides the inputs: the model, its parts and the settings given. --fast
         # is spelled out as the settings its preset changes, so the command still makes the frame after a later
         # version of the model or of dalle chooses another preset.
-        preset = {name: getattr(base, name) for name in base.knobs() if common.fast
-                  and getattr(base, name) is not None and getattr(base, name) != getattr(source.defaults, name)}
+        preset: dict[str, Any] = {}
+        if common.fast:
+            preset = {name: getattr(base, name) for name in base.knobs()
+                      if getattr(base, name) not in (None, getattr(source.defaults, name))}
         self.options = ["-m", common.model or spec,
                         *(w for role, other in sorted(common.parts.items()) for w in (flag(role), other)),
                         *(w for name, value in {**preset, **given}.items() for w in (flag(name), value))]
