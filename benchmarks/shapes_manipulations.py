@@ -18,7 +18,8 @@ evaluator (dalle_cli/shapes/evaluate.py) on the largest detected blob:
    frames show their input's colour and shape,
    and whether the frames' CLIP image-embedding cosine to the first input never increases along the path, strictly
    and within `MONOTONE_TOLERANCE` (a frame may sit that much above the one before it: neighbouring frames that
-   show the same picture differ in the cosine's third decimal);
+   show the same picture differ in the cosine's third decimal). With K > 1 candidates the library keeps the path
+   that steps back least by this same cosine (`best_path`), so the row at K = 1 is the model's own behaviour;
 4. reranking: "all" of `score` on `--n` two-object captions at prior_candidates K = 1, 2, 4, on the same seeds.
 `--tune` runs on other seeds (its own `--seed` default) with a smaller `--n`: section 1 at η = 0 for
 INVERSION_REFINE = 2, 4, 6, 8, then sections 2 (a finer θ grid, decoder guidance 1, 2 and 4) and 4.

@@ -68,10 +68,11 @@ def candidates(default: int, stage: str,
 
 
 def noise_candidates(default: int,
-                     help: str = "Fixed-noise interpolations: noises tried, keeping the one whose decodings of the "
-                                 "inputs come closest to them.") -> Any:
-    """How many noises a fixed-noise interpolation tries before it keeps the one that best gives back its inputs:
-    an integer from 1 to 16 (1 decodes from the seed's own noise, as the paper's Figure 4)."""
+                     help: str = "Fixed-noise interpolations: noises tried, each decoding the whole path, keeping "
+                                 "the one whose path goes most steadily from input to input.") -> Any:
+    """How many noises a fixed-noise interpolation decodes its path from before it keeps the steadiest
+    (`engine.latent.best_path`): an integer from 1 to 16 (1 decodes from the seed's own noise, as the paper's
+    Figure 4)."""
     return dataclasses.field(default=default, metadata={_KNOB: Knob("count", help, None,
                                                                     operations=("interpolate",))})
 

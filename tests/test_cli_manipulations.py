@@ -51,6 +51,15 @@ def test_interp_writes_frames_records_a_sheet_and_an_animation(sources: list[Pat
     assert remade.exit_code == 0, remade.output
     [frame] = (tmp_path / "again").glob("0001-*.png")
     assert np.array_equal(pixels(frame), pixels(Path(records[1]["path"])))
+    # It names the noise kept, so it tries no candidates: its record reads no noise_candidates.
+    assert again[again.index("--noise-seed") + 1] == str(first["noise_seed"])
+    remade_record = read_record(frame)
+    assert remade_record["noise_seed"] == first["noise_seed"] and "noise_candidates" not in remade_record["settings"]
+    # Without it, the frame alone decodes every candidate's whole path again and keeps the same noise.
+    alone = dalle("interp", *sources, "--frames", 3, "--seed", 9, *FAST, "--only", 1, "-o", tmp_path / "alone", "-q")
+    assert alone.exit_code == 0, alone.output
+    [frame] = (tmp_path / "alone").glob("0001-*.png")
+    assert np.array_equal(pixels(frame), pixels(Path(records[1]["path"])))
     # Fed to `gen -f`, it says which command makes it.
     line = json.dumps(first)
     one_error_line(dalle("gen", "-f", "-", input=line), 2, "the record of a `dalle interp` frame; its command")
@@ -146,7 +155,9 @@ def no_image_encoder(tiny_karlo: Path, tmp_path_factory: pytest.TempPathFactory)
     (["interp", "a red circle", "{a}", "--noise", "inverted", *FAST], "--noise inverted needs pictures: input 1"),
     (["interp", "{a}", "{b}", "--frames", "1", *FAST], "--frames must be at least 2"),
     (["interp", "{a}", "{b}", "--noise", "inverted", "--noise-candidates", "2", *FAST],
-     "--noise-candidates picks a fixed noise"),
+     "--noise-candidates is for a fixed noise"),
+    (["interp", "{a}", "{b}", "--noise", "inverted", "--noise-seed", "3", *FAST], "--noise-seed is for a fixed noise"),
+    (["interp", "{a}", "{b}", "--noise-seed", "-1", *FAST], "Invalid value for '--noise-seed'"),
     (["interp", "{a}", "{b}", "--noise-candidates", "17", *FAST], "noise_candidates must be an integer from 1 to 16"),
     (["gen", "a red circle", "--noise-candidates", "2", *FAST], "No such option: --noise-candidates"),
     (["interp", "{a}", "{b}", "--only", "7", *FAST], "--only must be a frame from 0 to 4"),

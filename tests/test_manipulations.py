@@ -8,7 +8,7 @@ import torch
 
 from dalle_cli import load
 from dalle_cli.diffusion.slerp import slerp
-from dalle_cli.engine.latent import Latent, best_index, best_noise, best_of, diff_target, noise_seeds, path_frames
+from dalle_cli.engine.latent import Latent, best_index, best_of, best_path, diff_target, noise_seeds, path_frames
 from dalle_cli.errors import UsageError
 from dalle_cli.images import fit, to_pil
 from dalle_cli.shapes.evaluate import detect
@@ -76,36 +76,60 @@ def test_interpolation_frames_ends_and_fixed_noise(shapes, pictures) -> None:  #
     assert path_frames(3, 3) == [(0, 0.0), (0, 0.5), (1, 0.0), (1, 0.5), (1, 1.0)]
 
 
-def test_fixed_noise_is_the_candidate_whose_decodings_best_give_the_inputs(shapes, pictures) -> None:  # noqa: ANN001
+def test_fixed_noise_is_the_candidate_whose_path_goes_most_steadily(shapes, pictures) -> None:  # noqa: ANN001
     """With K noise candidates (shapes' default is 4) the path is decoded from the seed, among `noise_seeds`, whose
-    own decodings of the inputs' embeddings have the highest summed cosine similarity to them."""
+    own path `best_path` keeps, and its frames are that path's; a caller can pass the seed for further frames."""
     a, b = pictures[1], pictures[2]
     seeds = noise_seeds(5, 4)
     assert seeds[0] == 5 and len(set(seeds)) == 4 and not set(seeds) & set(noise_seeds(6, 4))
     assert shapes.defaults.noise_candidates == 4
     embeds = shapes.encode_image([a, b])  # [2, D]
-    scores = []
-    for seed in seeds:  # each candidate decoded on its own
-        again = shapes.encode_image(to_pil(shapes.render(embeds, None, [seed, seed], eta=None)))
-        scores.append(float(torch.nn.functional.cosine_similarity(again, embeds).sum()))
-    expected = seeds[max(range(4), key=scores.__getitem__)]
+    blends = torch.cat([slerp(embeds[[0]], embeds[[1]], theta) for theta in (0.0, 0.5, 1.0)])  # [3, D]
+    paths = [shapes.render(blends, None, [seed] * 3, eta=None) for seed in seeds]  # each candidate on its own
+    expected = best_path(shapes.encode_image(to_pil(torch.cat(paths))), embeds, path_frames(2, 3))
     latents = shapes.path_latents([a, b], 5)
-    assert shapes.noise_seed(latents, 5) == expected
+    kept, frames = shapes.pick_noise(latents, 3, 5)
+    assert kept == seeds[expected] and torch.allclose(frames, paths[expected], atol=1e-5)
     one = shapes.defaults.updated({"noise_candidates": 1}, "test")
-    assert shapes.noise_seed(latents, 5, one) == 5
-    # The path is the one-candidate path of the seed kept, and a caller can pass that seed for further frames.
-    path = shapes.interpolate_tensors(latents, 3, 5)
-    assert torch.allclose(path, shapes.interpolate_tensors(latents, 3, expected, one), atol=1e-5)
-    assert torch.allclose(shapes.interpolate_tensors(latents, 3, 5, only=[2], noise_seed=expected), path[[2]],
+    assert shapes.pick_noise(latents, 3, 5, one)[0] == 5
+    # Decoding in batches of 2 frames gives each frame as the batch it is then made in.
+    assert torch.allclose(shapes.pick_noise(latents, 3, 5, batch=2)[1], frames, atol=1e-5)
+    assert torch.equal(shapes.interpolate_tensors(latents, 3, 5), frames)
+    assert torch.allclose(shapes.interpolate_tensors(latents, 3, 5, only=[2], noise_seed=kept), frames[[2]],
                           atol=1e-5)
 
 
-def test_best_noise_sums_the_inputs_similarities() -> None:
+def _steady(*similarities: list[float]) -> torch.Tensor:
+    """Unit embeddings [F, 2] of frames whose cosine to input 0 (the first axis) is each given value; input 1 is the
+    second axis, so a frame nearer input 0 is farther from input 1."""
+    cosines = torch.tensor(similarities).flatten()
+    return torch.stack([cosines, (1 - cosines**2).clamp(min=0).sqrt()], dim=1)
+
+
+def test_best_path_keeps_the_path_that_never_steps_back_then_the_closest_ends() -> None:
     inputs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    # Candidate 0 draws the first input exactly and the second badly; candidate 1 draws both fairly well.
-    decoded = torch.tensor([[1.0, 0.0], [1.0, 0.2], [1.0, 0.3], [0.3, 1.0]])
-    assert best_noise(decoded, inputs) == 1
-    assert best_noise(torch.cat([inputs, inputs]), inputs) == 0  # a tie goes to the earlier candidate
+    path = path_frames(2, 4)
+    # Candidate 0 has the closest ends but its second frame is nearer input 0 than the first; candidate 1 is steady.
+    decoded = torch.cat([_steady([0.99, 1.0, 0.5, 0.0]), _steady([0.97, 0.9, 0.5, 0.05])])
+    assert best_path(decoded, inputs, path) == 1
+    # Two steady paths: the closer ends win; the same path twice: the earlier candidate.
+    closer = _steady([1.0, 0.9, 0.5, 0.0])
+    assert best_path(torch.cat([_steady([0.97, 0.9, 0.5, 0.05]), closer]), inputs, path) == 1
+    assert best_path(torch.cat([closer, closer]), inputs, path) == 0
+    # No steady path: the least step back wins (a rise of 0.01 against one of 0.2), whatever its ends.
+    assert best_path(torch.cat([_steady([1.0, 0.7, 0.9, 0.0]), _steady([0.9, 0.91, 0.5, 0.1])]), inputs, path) == 1
+
+
+def test_best_path_judges_each_segment_against_its_own_two_inputs() -> None:
+    """Three inputs: along segment 0 the frames leave input 0 for input 1, along segment 1 input 1 for input 2; the
+    cosine to input 0 may rise again in segment 1 (the path may come back near it) without a step back."""
+    inputs = torch.eye(3)
+    path = path_frames(3, 3)  # frames at inputs 0, 1, 2: 0, 2, 4
+    going = torch.tensor([[1.0, 0, 0], [0.7, 0.7, 0], [0, 1.0, 0], [0.5, 0.5, 0.5], [0, 0, 1.0]])
+    back_to_1 = going.clone()
+    back_to_1[3:] = torch.tensor([[0, 0.6, 0.8], [0, 0.61, 0.79]])  # at the end a little nearer input 1 again
+    assert best_path(torch.cat([back_to_1, going]), inputs, path) == 1
+    assert best_path(torch.cat([going, back_to_1]), inputs, path) == 0
 
 
 def test_interpolation_refuses_bad_input(shapes, pictures) -> None:  # noqa: ANN001
@@ -199,7 +223,7 @@ def test_kandinsky_inverts_through_movq_and_its_decoder(tiny_kandinsky: tuple[Pa
     # Kandinsky's fixed noise is picked from candidates as unCLIP's is, and the path is the kept seed's own.
     picking = settings.__class__(2, 4, width=64, height=64, noise_candidates=3)
     latents = model.path_latents([picture, "a cat"], 3, picking)
-    kept = model.noise_seed(latents, 3, picking)
+    kept = model.pick_noise(latents, 2, 3, picking)[0]
     assert kept in noise_seeds(3, 3)
     assert torch.allclose(model.interpolate_tensors(latents, 2, 3, picking),
                           model.interpolate_tensors(latents, 2, kept, settings), atol=1e-5)

@@ -32,6 +32,7 @@ from ..errors import UsageError
 from ..families import FAMILIES, Family
 from ..settings import DIFF_AMOUNT
 from .display import Display, guarded
+from .limits import MAX_SEED
 from .options import (Common, DebugOpt, JsonOpt, OfflineOpt, QuietOpt, begin_run, default_model, flag,
                       image_command)
 
@@ -159,6 +160,9 @@ def interp(
                                                          "inverted: slerp of the pictures' DDIM inversions, so the "
                                                          "end frames give the pictures back (pictures only).")
                      ] = Noise.fixed,
+    noise_seed: Annotated[Optional[int], typer.Option("--noise-seed", min=0, max=MAX_SEED, show_default=False,
+                                                      help="Fixed noise from this seed (a frame's record keeps it "
+                                                           "as noise_seed), trying no noise candidates.")] = None,
     only: OnlyOpt = None, animation: AnimationOpt = Animation.webp,
     *, common: Common, settings: dict[str, Any],
 ) -> None:
@@ -166,7 +170,7 @@ def interp(
     contact sheet and an animation."""
     from .manipulate import interp as run
 
-    run(inputs, frames, noise.value, only, animation.value, common=common, settings=settings)
+    run(inputs, frames, noise.value, noise_seed, only, animation.value, common=common, settings=settings)
 
 
 def diff(

@@ -200,11 +200,11 @@ def planned_events(run: Run, batches: int, pictures: int = 0, prompts: int = 0) 
 
 
 def interp(
-    inputs: list[str], frames: int, noise: str, only: int | None, animation: str, *, common: Common,
-    settings: dict[str, Any],
+    inputs: list[str], frames: int, noise: str, noise_seed: int | None, only: int | None, animation: str, *,
+    common: Common, settings: dict[str, Any],
 ) -> None:
     """The body of `dalle interp` (see `commands.interp`)."""
-    from ..images import load_image
+    from ..images import load_image, to_pil
     from .display import guarded
 
     display = Display(common.quiet, common.json_lines)
@@ -217,8 +217,9 @@ def interp(
         if noise == "inverted" and prompts:
             raise UsageError(f"--noise inverted needs pictures: input {prompts[0]} is a prompt, which has no "
                              "inverted noise (use --noise fixed)")
-        if noise == "inverted" and settings.get("noise_candidates") is not None:
-            raise UsageError("--noise-candidates picks a fixed noise: --noise inverted decodes from the pictures' own")
+        if noise == "inverted" and (settings.get("noise_candidates") is not None or noise_seed is not None):
+            raise UsageError(f"{'--noise-seed' if noise_seed is not None else '--noise-candidates'} is for a fixed "
+                             "noise: --noise inverted decodes from the pictures' own")
         from ..engine.latent import path_frames
 
         path = path_frames(len(items), frames)
@@ -229,25 +230,38 @@ def interp(
                  "--seed", seed, *run.options]
         pictures = sum(item.path is not None for item in items) if noise == "inverted" else 0
         count = sum(map(len, todo))
-        picking = noise == "fixed" and run.settings.noise_candidates > 1  # type: ignore[attr-defined]
-        # The record holds what the path reads: no prior without a prompt, no noise candidates for inverted noise.
+        candidates = run.settings.noise_candidates  # type: ignore[attr-defined]
+        picking = noise == "fixed" and noise_seed is None and candidates > 1
+        # Picking the noise decodes every candidate's whole path, in the batches its frames are made in.
+        decodings = len(frames_in_batches(len(path), common.batch_size, None)) * candidates if picking else len(todo)
+        # The record holds what the path reads: no prior without a prompt, no noise candidates for inverted noise or
+        # a noise given.
         stages = tuple(stage for stage in run.model.family.operations["interpolate"] if prompts or stage != "prior")
         used = {name: value for name, value in run.settings.used("interpolate", stages).items()
-                if noise == "fixed" or name != "noise_candidates"}
-        with display.progress(count, planned_events(run, len(todo) + picking, pictures, len(prompts))) as meter:
+                if noise == "fixed" and noise_seed is None or name != "noise_candidates"}
+        with display.progress(count, planned_events(run, decodings, pictures, len(prompts))) as meter:
             report = meter.batch(list(range(count)))
             latents = run.model.path_latents([load_image(i.path) if i.path is not None else i.prompt for i in items],
                                              seed, run.settings, noise=noise, progress=report)
-            picked = run.model.noise_seed(latents, seed, run.settings, progress=report) if noise == "fixed" else None
+            picked = (seed if noise_seed is None else noise_seed) if noise == "fixed" else None
+            if picking:
+                (picked, decoded), spent = timed(lambda: run.model.pick_noise(
+                    latents, frames, seed, run.settings, batch=common.batch_size, progress=report))
             fixed = {} if picked is None else {"noise_seed": picked}
+            # A frame's command names the noise kept, so it makes the frame without trying the candidates again.
+            again_frame = again if picked is None else [*again, "--noise-seed", picked]
             for batch in todo:
-                images, seconds = timed(lambda: run.model.interpolate(latents, frames, seed, run.settings, noise=noise,
-                                                                      only=batch, noise_seed=picked, progress=report))
+                if picking:
+                    images, seconds = to_pil(decoded[batch]), spent * len(batch) / count
+                else:
+                    images, seconds = timed(lambda: run.model.interpolate(
+                        latents, frames, seed, run.settings, noise=noise, only=batch, noise_seed=picked,
+                        progress=report))
                 facts = [{"interpolate": [item.record() for item in items], "frame": k, "frames": frames,
                           "segment": path[k][0], "theta": round(path[k][1], 6), "noise": noise, **fixed}
                          for k in batch]
-                run.write(images, batch[0], "-to-".join(item.label for item in items), seed, facts, again, seconds,
-                          only, used)
+                run.write(images, batch[0], "-to-".join(item.label for item in items), seed, facts, again_frame,
+                          seconds, only, used)
         run.finish(animation, "interp")
 
 

@@ -55,6 +55,13 @@ def frame_thetas(frames: int) -> list[float]:
     return [k / (frames - 1) for k in range(frames)]
 
 
+def check_amount(theta: object) -> float:
+    """A text diff's θ, a number in [0, 1], else `UsageError`."""
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 <= theta <= 1:
+        raise UsageError(f"the amount must be a number from 0 to 1, got {theta!r}")
+    return float(theta)
+
+
 def diff_target(image_embeds: Tensor, to_embeds: Tensor, from_embeds: Tensor) -> Tensor:
     """The text diff's target z_d = norm(z_t - z_t0) (paper §3.3) for each picture, [B, D]. It is given each
     picture's own embedding length, so that slerp(z_i, z_d, θ) turns the embedding's direction towards the diff
@@ -91,12 +98,24 @@ def noise_seeds(seed: int, count: int) -> list[int]:
     return [seed, *torch.randint(0, 2**63 - 1, (count - 1,), generator=generator).tolist()]
 
 
-def best_noise(decoded: Tensor, embeds: Tensor) -> int:
-    """The index of the candidate noise whose decodings come closest to the inputs: `decoded` holds the CLIP
-    embeddings of each candidate's decodings of the inputs, candidate by candidate [K * n, D]; `embeds` the inputs'
-    [n, D]. The highest summed cosine similarity wins; ties go to the earlier candidate."""
-    similarity = F.cosine_similarity(decoded.float().view(-1, *embeds.shape), embeds.float()[None], dim=-1)  # [K, n]
-    return int(similarity.sum(dim=1).argmax())
+def best_path(decoded: Tensor, embeds: Tensor, path: list[tuple[int, float]]) -> int:
+    """The index of the candidate noise whose path goes most steadily through the inputs: `decoded` holds the CLIP
+    embeddings of each candidate's frames, candidate by candidate [K * F, D]; `embeds` the inputs' [n, D]; `path`
+    the (segment, θ) of the F frames (`path_frames`). Along segment s (its end frame included) a frame steps back
+    when its cosine to input s rises above the frame before it, or its cosine to input s + 1 falls below it. The
+    candidate with the least summed step back wins; among those that tie (in practice: that never step back), the
+    one whose frames at the inputs come closest to them (highest summed cosine); then the earlier candidate."""
+    count, n = len(path), embeds.shape[0]
+    similarity = F.cosine_similarity(decoded.float().reshape(-1, count, 1, embeds.shape[1]),
+                                     embeds.float()[None, None], dim=-1)  # [K, F, n]
+    at_inputs = [k for k, (_, theta) in enumerate(path) if theta == 0.0] + [count - 1]  # the frame of input i
+    back = similarity.new_zeros(similarity.shape[0])  # [K]
+    for segment in range(n - 1):
+        along = similarity[:, at_inputs[segment]:at_inputs[segment + 1] + 1]  # [K, the segment's frames, n]
+        back += (along[:, 1:, segment] - along[:, :-1, segment]).clamp(min=0).sum(1)
+        back += (along[:, :-1, segment + 1] - along[:, 1:, segment + 1]).clamp(min=0).sum(1)
+    closeness = similarity[:, at_inputs, torch.arange(n)].sum(1)  # [K]
+    return int(torch.where(back == back.min(), closeness, -torch.inf).argmax())
 
 
 def path_frames(inputs: int, frames: int) -> list[tuple[int, float]]:

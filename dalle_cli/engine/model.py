@@ -15,7 +15,7 @@ from ..images import fit, to_pil
 from ..masks import feather, feather_width, fit_mask, has_transparency, paste, read_mask
 from ..settings import DIFF_AMOUNT, Settings
 from ..sources import ModelSource
-from .latent import Latent, best_noise, diff_target, noise_seeds, path_frames, stack
+from .latent import Latent, best_path, check_amount, diff_target, noise_seeds, path_frames, stack
 from .offload import Residency
 
 # How many graphs torch.compile keeps for one network class before it runs the class eagerly: the instances of a class
@@ -178,9 +178,9 @@ class Model:
         decoded from the same draws of `seed` by the decoder's own sampler (noise "fixed": one x_T and the same
         step noises for every frame, the paper's Figure 4 "decoder seed fixed across each row"), or by DDIM at
         η = 0 from slerp(x_T a, x_T b, θ) of the pictures' inversions (noise "inverted", pictures only: its end
-        frames give the pictures back). Fixed noise is drawn from `noise_seed`, by default the one `noise_seed`
-        picks (pass it when making a path's frames in several calls). `only` picks frames by their index (default:
-        all)."""
+        frames give the pictures back). Fixed noise is drawn from `noise_seed`, by default the one `pick_noise`
+        keeps, which decodes every candidate's whole path (pass the seed it gives when making a path's frames in
+        several calls). `only` picks frames by their index (default: all)."""
         return to_pil(self.interpolate_tensors(inputs, frames, seed, settings, noise=noise, only=only,
                                                noise_seed=noise_seed, progress=progress))
 
@@ -202,31 +202,38 @@ class Model:
         if noise == "inverted":
             _by_ddim(s, "an interpolation of inverted noise")
         latents = self.path_latents(inputs, seed, s, noise=noise, progress=progress)
+        if noise == "fixed" and noise_seed is None and s.noise_candidates > 1:  # type: ignore[attr-defined]
+            return self.pick_noise(latents, frames, seed, s, progress=progress)[1][which]
         blends = [latents[segment].blend(latents[segment + 1], theta) for segment, theta in
                   (path[k] for k in which)]
         if noise == "inverted":
             batch = stack(blends)
             return self.render(batch.embeds, batch.noises, [seed] * len(which), s, progress=progress)
-        if noise_seed is None:
-            noise_seed = self.noise_seed(latents, seed, s, progress=progress)
         embeds = torch.cat([b.embeds for b in blends])  # [F, D]
-        return self.render(embeds, None, [noise_seed] * len(which), s, eta=None, progress=progress)
+        return self.render(embeds, None, [seed if noise_seed is None else noise_seed] * len(which), s, eta=None,
+                           progress=progress)
 
-    def noise_seed(self, latents: Sequence[Latent], seed: int, settings: Settings | None = None, *,
-                   progress: ProgressCallback | None = None) -> int:
-        """The seed of a fixed-noise path's noise through `latents` (from `path_latents`): of the K =
-        `settings.noise_candidates` seeds `noise_seeds(seed, K)`, the one whose decodings of the inputs' embeddings
-        come closest to them (`best_noise`), so that the path starts and ends nearest its inputs. A noise that
-        draws an input at another size or place lets the next frame resemble the input more than the end frame
-        does; with one candidate this is `seed`, and nothing is decoded."""
+    def pick_noise(self, latents: Sequence[Latent], frames: int, seed: int, settings: Settings | None = None, *,
+                   batch: int | None = None, progress: ProgressCallback | None = None) -> tuple[int, torch.Tensor]:
+        """The fixed noise of a path through `latents` (from `path_latents`) with `frames` frames per segment, and
+        the path's frames decoded from it [F, 3, H, W]: of the K = `settings.noise_candidates` seeds
+        `noise_seeds(seed, K)`, the one whose path goes most steadily from input to input (`best_path`: no frame
+        turning back towards the input it leaves or away from the one it nears, then the ends closest to the
+        inputs), since a noise alone can draw the next frame nearer an input than the end frame. Each candidate's
+        whole path is decoded, in batches of `batch` frames from the first (default: all at once), which are the
+        batches a frame is made in; with one candidate that path is `seed`'s."""
         s = self._settings(settings)
+        path = path_frames(len(latents), frames)
+        embeds = torch.cat([latents[segment].blend(latents[segment + 1], theta).embeds for segment, theta in path])
+        size = batch or len(path)
         seeds = noise_seeds(seed, s.noise_candidates)  # type: ignore[attr-defined]
+        decoded = [torch.cat([self.render(embeds[k:k + size], None, [candidate] * len(embeds[k:k + size]), s,
+                                          eta=None, progress=progress) for k in range(0, len(path), size)])
+                   for candidate in seeds]  # K x [F, 3, H, W]
         if len(seeds) == 1:
-            return seed
-        embeds = torch.cat([x.embeds for x in latents])  # [n, D]
-        decoded = self.render(embeds.repeat(len(seeds), 1), None, [c for c in seeds for _ in embeds], s, eta=None,
-                              progress=progress)  # [K * n, 3, H, W], candidate by candidate
-        return seeds[best_noise(self.encode_image(to_pil(decoded)), embeds)]
+            return seed, decoded[0]
+        pick = best_path(self.encode_image(to_pil(torch.cat(decoded))), torch.cat([x.embeds for x in latents]), path)
+        return seeds[pick], decoded[pick]
 
     def text_diff(self, images: Sequence[Image.Image | Latent], to: str, *, baseline: str = "",
                   amounts: Sequence[float] = (DIFF_AMOUNT,), settings: Settings | None = None,
@@ -397,9 +404,3 @@ def _by_ddim(settings: Settings, what: str) -> None:
     if settings.sampler is not None:  # type: ignore[attr-defined]
         raise UsageError(f"{what} decodes by DDIM from a DDIM inversion: it takes no other sampler")
 
-
-def check_amount(theta: Any) -> float:
-    """A text diff's θ, a number in [0, 1], else `UsageError`."""
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 <= theta <= 1:
-        raise UsageError(f"the amount must be a number from 0 to 1, got {theta!r}")
-    return float(theta)
