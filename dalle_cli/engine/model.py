@@ -225,10 +225,9 @@ class Model:
         s = self._settings(settings)
         path = path_frames(len(latents), frames)
         embeds = torch.cat([latents[segment].blend(latents[segment + 1], theta).embeds for segment, theta in path])
-        size = batch or len(path)
         seeds = noise_seeds(seed, s.noise_candidates)  # type: ignore[attr-defined]
-        decoded = [torch.cat([self.render(embeds[k:k + size], None, [candidate] * len(embeds[k:k + size]), s,
-                                          eta=None, progress=progress) for k in range(0, len(path), size)])
+        decoded = [torch.cat([self.render(chunk, None, [candidate] * len(chunk), s, eta=None, progress=progress)
+                              for chunk in embeds.split(batch or len(path))])
                    for candidate in seeds]  # K x [F, 3, H, W]
         if len(seeds) == 1:
             return seed, decoded[0]
