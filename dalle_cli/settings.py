@@ -37,6 +37,7 @@ class Knob:
     high: int = 0
     multiple: int = 1
     operations: tuple[str, ...] | None = None
+    optional: bool = False  # None is a value too: the operation then does what it does without the setting
 
 
 def steps(default: int, stage: str, help: str) -> Any:
@@ -47,6 +48,17 @@ def steps(default: int, stage: str, help: str) -> Any:
 def guidance(default: float, stage: str, help: str) -> Any:
     """A classifier-free guidance scale of `stage` (Ho & Salimans 2022): a finite number of at least 1; 1 is off."""
     return dataclasses.field(default=default, metadata={_KNOB: Knob("guidance", help, stage)})
+
+
+def inversion_guidance(help: str = "Decoder guidance scale of inverting a picture and of decoding what was "
+                                   "inverted (variations at eta, inverted interpolations, text diffs); unset: "
+                                   "the decoder's.") -> Any:
+    """The decoder's guidance scale in DDIM inversion and in every decoding of an inverted latent, as `guidance`, or
+    None (the default): the decoder's own guidance. Guidance bends the ODE that DDIM inverts, so a picture inverted
+    and decoded unguided comes back closer (Mokady et al. 2023, §3.1, invert at w = 1); a latent must be decoded at
+    the guidance it was inverted at."""
+    return dataclasses.field(default=None, metadata={_KNOB: Knob("guidance", help, "invert", optional=True,
+                                                                operations=("vary", "interpolate", "text_diff"))})
 
 
 def pixels(default: int, help: str, low: int, high: int, multiple: int) -> Any:
@@ -105,7 +117,8 @@ def _is_int(value: Any) -> bool:
 
 def check_value(name: str, knob: Knob, value: Any, where: str, error: type[DalleError] = UsageError) -> Any:
     """`value` as the field `name` holds it (guidance scales become floats). Raises `error`, its message starting
-    with `where`, for a value outside the field's kind: steps 2..1000; guidance finite and at least 1; counts 1..16; η
+    with `where`, for a value outside the field's kind: steps 2..1000; guidance finite and at least 1 (or None where
+    the knob is `optional`); counts 1..16; η
     in [0, 1] or None; strength in (0, 1] or None; a sampler one of `SAMPLERS` or None; pixels in range and on the
     multiple; text a string of at most 2,000 characters."""
     if knob.kind == "steps":
@@ -113,6 +126,8 @@ def check_value(name: str, knob: Knob, value: Any, where: str, error: type[Dalle
             raise error(f"{where}: {name} must be an integer from 2 to {MAX_STEPS}, got {value!r}")
         return value
     if knob.kind == "guidance":
+        if value is None and knob.optional:
+            return None
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1.0):
             raise error(f"{where}: {name} must be a number of at least 1 (1 turns guidance off), got {value!r}")
         if not math.isfinite(value):
@@ -164,9 +179,19 @@ class Settings:
         checked = {name: check_value(name, knobs[name], value, where, error) for name, value in raw.items()}
         return dataclasses.replace(self, **checked)  # type: ignore[type-var]
 
-    def used(self, operation: str, stages: tuple[str, ...]) -> dict[str, Any]:
+    def used(self, operation: str, stages: tuple[str, ...], *, inverting: bool = True) -> dict[str, Any]:
         """The values `operation`, running `stages`, reads, by name, in declaration order: what its record holds.
-        A setting left at None (no η) is left out, so records stay as they were before it existed."""
+        A setting that names its operations applies to those (`Family.applies`), else to its stage's. The
+        inversion's settings (stage "invert") are left out when the operation inverts nothing (`inverting`: a
+        variation without η, an interpolation of fixed noise), and so is a setting left at None (no η), so records
+        stay as they were before it existed."""
         return {name: getattr(self, name) for name, knob in self.knobs().items()
-                if (knob.stage is None or knob.stage in stages) and getattr(self, name) is not None
-                and (knob.operations is None or operation in knob.operations)}
+                if (operation in knob.operations if knob.operations is not None
+                    else knob.stage is None or knob.stage in stages)
+                and getattr(self, name) is not None and (inverting or knob.stage != "invert")}
+
+    def for_inversion(self: S) -> S:
+        """These settings as an inversion and the decodings of its latents read them: the decoder guided at
+        its `inversion_guidance`, where the family declares one and it is set."""
+        scale = getattr(self, "inversion_guidance", None)
+        return self if scale is None else dataclasses.replace(self, decoder_guidance=scale)  # type: ignore[type-var]

@@ -129,12 +129,37 @@ def test_vary_eta_is_recorded_and_the_record_makes_it_again(sources: list[Path],
     made = dalle("vary", sources[0], "--eta", 0.5, "--seed", 2, *FAST, "--json", "-o", tmp_path / "a")
     assert made.exit_code == 0, made.output
     record = json.loads(made.stdout)
-    assert record["settings"]["eta"] == 0.5
+    assert record["settings"]["eta"] == 0.5 and "inversion_guidance" not in record["settings"]  # unset: as before
     again = dalle("gen", "-f", "-", "-o", tmp_path / "b", input=json.dumps(record))
     assert again.exit_code == 0, again.output
     assert np.array_equal(pixels(Path(again.stdout.strip())), pixels(Path(record["path"])))
     plain = dalle("vary", sources[0], "--seed", 2, *FAST, "--json", "-o", tmp_path / "c")
-    assert "eta" not in json.loads(plain.stdout)["settings"]  # without --eta: today's variation and record
+    plain_settings = json.loads(plain.stdout)["settings"]
+    assert "eta" not in plain_settings and "inversion_guidance" not in plain_settings  # nothing is inverted
+    unguided = dalle("vary", sources[0], "--eta", 0.5, "--seed", 2, *FAST, "--inversion-guidance", 1, "--json",
+                     "-o", tmp_path / "d")
+    assert unguided.exit_code == 0, unguided.output
+    unguided_record = json.loads(unguided.stdout)
+    assert unguided_record["settings"]["inversion_guidance"] == 1.0
+    assert not np.array_equal(pixels(Path(unguided_record["path"])), pixels(Path(record["path"])))
+    remade = dalle("gen", "-f", "-", "-o", tmp_path / "e", input=json.dumps(unguided_record))
+    assert remade.exit_code == 0, remade.output
+    assert np.array_equal(pixels(Path(remade.stdout.strip())), pixels(Path(unguided_record["path"])))
+
+
+def test_interp_records_the_inversion_guidance_only_where_it_inverts(sources: list[Path], tmp_path: Path) -> None:
+    records = {}
+    for noise in ("fixed", "inverted"):
+        made = dalle("interp", *sources, "--frames", 2, "--seed", 1, *FAST, "--noise", noise,
+                     "--inversion-guidance", 1, *(["--noise-candidates", 1] if noise == "fixed" else []), "--json",
+                     "-o", tmp_path / noise)
+        assert made.exit_code == 0, made.output
+        records[noise] = json.loads(made.stdout.splitlines()[0])["settings"]
+    assert "inversion_guidance" not in records["fixed"] and records["inverted"]["inversion_guidance"] == 1.0
+    diffed = dalle("diff", sources[0], "--to", "a blue circle", *FAST, "--inversion-guidance", 1, "--json",
+                   "-o", tmp_path / "diff")
+    assert diffed.exit_code == 0, diffed.output
+    assert json.loads(diffed.stdout)["settings"]["inversion_guidance"] == 1.0
 
 
 def test_prior_candidates_is_a_generation_setting(tmp_path: Path) -> None:
@@ -159,6 +184,8 @@ def no_image_encoder(tiny_karlo: Path, tmp_path_factory: pytest.TempPathFactory)
     (["interp", "{a}", "{b}", "--noise", "inverted", "--noise-seed", "3", *FAST], "--noise-seed is for a fixed noise"),
     (["interp", "{a}", "{b}", "--noise-seed", "-1", *FAST], "Invalid value for '--noise-seed'"),
     (["interp", "{a}", "{b}", "--noise-candidates", "17", *FAST], "noise_candidates must be an integer from 1 to 16"),
+    (["vary", "{a}", "--eta", "0", "--inversion-guidance", "0.5", *FAST],
+     "inversion_guidance must be a number of at least 1"),
     (["gen", "a red circle", "--noise-candidates", "2", *FAST], "No such option: --noise-candidates"),
     (["interp", "{a}", "{b}", "--only", "7", *FAST], "--only must be a frame from 0 to 4"),
     (["diff", "{a}", "--to", "a blue circle", "--amount", "1.5", *FAST], "--amount must be between 0 and 1"),

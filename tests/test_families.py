@@ -103,6 +103,28 @@ def test_settings_are_checked_against_the_operation() -> None:
     assert "--decoder-steps" in shown and "--prior-steps" not in shown
 
 
+def test_the_inversion_guidance_is_the_decoders_unless_set_and_read_only_by_what_inverts() -> None:
+    """`inversion_guidance` (None: the decoder's) guides inversions and their decodings: `for_inversion` hands
+    the decoder that scale. Variations, interpolations and text diffs take it; a record holds it only when the
+    operation inverts, and it does not make a variation without η invert."""
+    plain, set_ = UnCLIPSettings(), UnCLIPSettings(inversion_guidance=1.5)
+    assert plain.for_inversion() == plain and set_.for_inversion().decoder_guidance == 1.5
+    assert set_.for_inversion().for_inversion() == set_.for_inversion()  # applied twice, the same settings
+    assert plain.updated({"inversion_guidance": None}, "x") == plain
+    with pytest.raises(dalle_cli.DalleError, match="x: inversion_guidance must be a number of at least 1"):
+        plain.updated({"inversion_guidance": 0.5}, "x")
+    for operation in ("vary", "interpolate", "text_diff"):
+        assert UNCLIP.applies("inversion_guidance", operation)
+    assert not UNCLIP.applies("inversion_guidance", "generate") and not UNCLIP.applies("inversion_guidance", "edit")
+    stages = UNCLIP.operations["vary"]
+    assert set_.used("vary", stages)["inversion_guidance"] == 1.5
+    assert "inversion_guidance" not in set_.used("vary", stages, inverting=False)
+    assert "inversion_guidance" not in plain.used("vary", stages)  # unset: records stay as they were
+    assert UNCLIP.events("vary", set_) == UNCLIP.events("vary", plain) == 33  # no η: no inversion steps
+    shown = CliRunner().invoke(make_app(), ["gen", "--help"]).stdout
+    assert "--inversion-guidance" not in shown
+
+
 def test_the_public_stages_compose_generate_and_vary(model: UnCLIP) -> None:
     prompts, seeds, settings = ["a red circle", "a cat"], [3, 4], UnCLIPSettings(2, 3, 2)
     noise = ImageNoise(seeds)

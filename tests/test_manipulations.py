@@ -52,6 +52,23 @@ def test_eta_zero_gives_the_picture_back_and_eta_one_varies_it(shapes, pictures)
     assert torch.equal(shapes.vary_tensors(pictures, [4, 5, 6], eta=0.0), again)
 
 
+def test_inversions_and_their_decodings_are_guided_at_the_inversion_guidance(shapes, pictures) -> None:  # noqa: ANN001
+    """Inverted unguided, a latent is the decoder's at guidance 1 and decodes at 1, while fresh noise decodes at
+    the decoder's own guidance; unset (the default), the inversion is guided as the decoder is."""
+    s = shapes.defaults
+    assert (s.inversion_guidance, s.decoder_guidance) == (None, 2.0)
+    own = s.updated({"inversion_guidance": 1.0}, "test")
+    unguided = s.updated({"decoder_guidance": 1.0}, "test")
+    latent, same = shapes.invert(pictures[:1], own), shapes.invert(pictures[:1], unguided)
+    assert all(torch.equal(a, b) for a, b in zip(latent.noises, same.noises, strict=True))
+    assert not torch.equal(shapes.invert(pictures[:1]).noises[0], latent.noises[0])
+    back = shapes.render(latent.embeds, latent.noises, [0], own)
+    assert torch.equal(back, shapes.render(latent.embeds, latent.noises, [0], unguided))
+    fresh = shapes.render(latent.embeds, None, [3], own, eta=0.0)
+    assert torch.equal(fresh, shapes.render(latent.embeds, None, [3], eta=0.0))
+    assert not torch.equal(fresh, shapes.render(latent.embeds, None, [3], unguided, eta=0.0))
+
+
 def test_vary_without_eta_is_the_noise_variation(shapes, pictures) -> None:  # noqa: ANN001
     assert torch.equal(shapes.vary_tensors(pictures[:1], [7]), shapes.noise_variation(pictures[:1], [7],
                                                                                         shapes.defaults))
@@ -214,6 +231,14 @@ def test_kandinsky_inverts_through_movq_and_its_decoder(tiny_kandinsky: tuple[Pa
     again = model.vary_tensors([picture], [1], settings, eta=0.0)
     assert again.shape == (1, 3, 64, 64)
     assert torch.equal(again, model.render(latent.embeds, latent.noises, [9], settings))  # η = 0: no seed
+    # Its inversion guidance guides the inversion and the decoding of its latents alike, as unCLIP's does.
+    own, unguided = (Settings(2, 4, width=64, height=64, **kw) for kw in ({"inversion_guidance": 1.0},
+                                                                         {"decoder_guidance": 1.0}))
+    inverted = model.invert([picture], own)
+    assert torch.equal(inverted.noises[0], model.invert([picture], unguided).noises[0])
+    assert not torch.equal(inverted.noises[0], latent.noises[0])
+    assert torch.equal(model.render(inverted.embeds, inverted.noises, [9], own),
+                       model.render(inverted.embeds, inverted.noises, [9], unguided))
     frames = model.text_diff_tensors([latent], "a blue square", amounts=[0.0, 1.0], settings=settings)
     assert torch.allclose(frames[[0]], again, atol=1e-5)
     with pytest.raises(UsageError, match="1 images but 2 captions"):

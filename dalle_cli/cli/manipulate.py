@@ -234,10 +234,11 @@ def interp(
         picking = noise == "fixed" and noise_seed is None and candidates > 1
         # Picking the noise decodes every candidate's whole path, in the batches its frames are made in.
         decodings = len(frames_in_batches(len(path), common.batch_size, None)) * candidates if picking else len(todo)
-        # The record holds what the path reads: no prior without a prompt, no noise candidates for inverted noise or
-        # a noise given.
+        # The record holds what the path reads: no prior without a prompt, no inversion for fixed noise, no noise
+        # candidates for inverted noise or a noise given.
         stages = tuple(stage for stage in run.model.family.operations["interpolate"] if prompts or stage != "prior")
-        used = {name: value for name, value in run.settings.used("interpolate", stages).items()
+        used = {name: value for name, value in run.settings.used("interpolate", stages,
+                                                                 inverting=noise == "inverted").items()
                 if noise == "fixed" and noise_seed is None or name != "noise_candidates"}
         with display.progress(count, planned_events(run, decodings, pictures, len(prompts))) as meter:
             report = meter.batch(list(range(count)))

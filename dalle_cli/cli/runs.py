@@ -95,14 +95,16 @@ def record(job: Job, info: ModelInfo, stages: tuple[str, ...], seconds: float,
            digest: str | None = None) -> dict[str, Any]:
     """The reproduction record of one image (printed with --json and stored in the PNG): what it was made from,
     its seed, the model (name, repo id, revision or folder, further parts) and the settings its operation's `stages`
-    read, and the seconds it took (its share of its batch)."""
+    read (the inversion's only for a variation at η), and the seconds it took (its share of its batch)."""
     if job.prompt is not None:
         made_from: dict[str, Any] = {"prompt": job.prompt}
     else:
         made_from = {"source": str(job.source), "source_sha256": digest}
     where = {"repo_id": info.repo_id, "revision": info.revision} if info.repo_id else {"model_path": info.path}
+    inverting = getattr(job.settings, "eta", None) is not None
     return {**made_from, "seed": job.seed, "index": job.index, "model": info.name, **where, **info.extras,
-            "settings": job.settings.used(job.operation, stages), "seconds": round(seconds, 3), "dalle": __version__}
+            "settings": job.settings.used(job.operation, stages, inverting=inverting), "seconds": round(seconds, 3),
+            "dalle": __version__}
 
 
 class Models:

@@ -47,8 +47,8 @@ class Family:
     def events(self, operation: str, settings: Settings) -> int:
         """How many progress events one call of `operation` reports: a stage's step count (times its candidate
         count, for a prior that samples several), or one event for a stage without a step setting (encoding an
-        image, say). The "invert" stage walks the steps of the stages after it backwards, and runs only when one of
-        its settings (DDIM's η) is given."""
+        image, say). The "invert" stage walks the steps of the stages after it backwards, and runs only when DDIM's η
+        is given."""
         knobs = self.settings.knobs()
         stages = self.operations[operation]
 
@@ -63,7 +63,7 @@ class Family:
         for k, stage in enumerate(stages):
             if stage == "invert":
                 given = any(getattr(settings, name) is not None for name, knob in knobs.items()
-                            if knob.stage == stage)
+                            if knob.stage == stage and knob.kind == "eta")
                 total += sum(steps(later) for later in stages[k + 1:]) if given else 0
             else:
                 total += steps(stage)

@@ -153,9 +153,9 @@ class Kandinsky(Model):
                progress: ProgressCallback | None = None) -> Latent:
         """The bipartite latent of each picture (paper §3): its bigG image embedding z_i and the decoder's x_T, the
         DDIM inversion (η = 0) of MoVQ's encoding of the picture, conditioned on z_i and guided against the zero
-        embedding as variations are. The picture is centre-cropped to the settings' aspect ratio and resized to
-        width x height. Noises: (x_T [B, 4, height / 8, width / 8],)."""
-        s = self._check(list(images), [0] * len(images), settings, "vary")
+        embedding as variations are, at the settings' `for_inversion` guidance. The picture is centre-cropped to the
+        settings' aspect ratio and resized to width x height. Noises: (x_T [B, 4, height / 8, width / 8],)."""
+        s = self._check(list(images), [0] * len(images), settings, "vary").for_inversion()
         self.prepare("vary")
         report, n = progress or _silent, len(images)
         unet, config = self.parts.unet, self.parts.scheduler
@@ -181,8 +181,10 @@ class Kandinsky(Model):
                captions: Sequence[str] | None = None, progress: ProgressCallback | None = None) -> torch.Tensor:
         """Images [B, 3, H, W] decoded from image embeddings [B, D] by DDIM at η against the zero embedding, from
         `noises` (x_T,) or, when None, from an x_T drawn from each image's generator; at η > 0 the step noises
-        come from the same generators after it. Kandinsky's decoder reads no text: `captions` change nothing."""
+        come from the same generators after it. `noises` are an inversion's, decoded at the guidance it inverted at
+        (`Settings.for_inversion`). Kandinsky's decoder reads no text: `captions` change nothing."""
         s = self._check(list(embeds), list(seeds), settings, "vary")
+        s = s.for_inversion() if noises is not None else s
         self._captions(captions, seeds)  # checked as every family checks them, then unread
         noise = ImageNoise(seeds)
         with self._running():

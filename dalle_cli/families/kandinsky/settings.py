@@ -3,15 +3,16 @@ prior 25 steps at guidance 4, decoder 100 steps at guidance 4, no negative promp
 
 from dataclasses import dataclass
 
-from ...settings import Settings, candidates, eta, guidance, noise_candidates, pixels, sampler, steps, strength, text
+from ...settings import (Settings, candidates, eta, guidance, inversion_guidance, noise_candidates, pixels, sampler,
+                         steps, strength, text)
 
 
 @dataclass(frozen=True)
 class KandinskySettings(Settings):
     """Steps and guidance of the prior and the latent decoder, the image size, a negative prompt, the prior's
-    candidates per image, the noises a fixed-noise interpolation tries, the DDIM η of inverted variations, an edit's
-    strength (image to image) and the sampler of generations, noise variations and interpolations with fixed
-    noise."""
+    candidates per image, the noises a fixed-noise interpolation tries, the DDIM η of inverted variations and the
+    decoder guidance of inversions, an edit's strength (image to image) and the sampler of generations, noise
+    variations and interpolations with fixed noise."""
 
     prior_steps: int = steps(25, "prior", "Prior steps.")
     decoder_steps: int = steps(100, "decoder", "Decoder steps.")
@@ -23,6 +24,7 @@ class KandinskySettings(Settings):
     prior_candidates: int = candidates(1, "prior")
     noise_candidates: int = noise_candidates(1)
     eta: float | None = eta("invert")
+    inversion_guidance: float | None = inversion_guidance()
     strength: float | None = strength("edit")
     sampler: str | None = sampler(("generate", "vary", "interpolate"))
 

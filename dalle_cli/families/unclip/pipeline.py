@@ -282,7 +282,8 @@ class UnCLIP(Model):
     def invert(self, images: Sequence[Image.Image], settings: UnCLIPSettings | None = None, *,
                progress: ProgressCallback | None = None) -> Latent:
         """The bipartite latent of each picture: its CLIP image embedding z_i and the x_T of each stage, found by
-        DDIM inversion (η = 0) conditioned on z_i and the empty prompt, as variations decode it.
+        DDIM inversion (η = 0) conditioned on z_i and the empty prompt, as variations decode it, at the settings'
+        `for_inversion` decoder guidance.
 
         The picture is centre-cropped to a square and resized to the model's output size (`output_size`) for the
         super-resolution stage; the decoder inverts its antialiased bicubic downsample to 64 px. The
@@ -290,7 +291,7 @@ class UnCLIP(Model):
         decoding the latent at η = 0 reconstructs the picture at full size, not only at 64 px.
         Noises: (decoder x_T [B, 3, 64, 64], super-resolution x_T [B, 3, 256, 256]).
         """
-        s = settings or self.defaults
+        s = (settings or self.defaults).for_inversion()
         self._pair(list(images), [0] * len(images))
         self.prepare("vary")
         parts, n = self.parts, len(images)
@@ -329,8 +330,10 @@ class UnCLIP(Model):
         generator (the decoder's, then the super-resolution stage's). At η > 0 the step noises come from the
         same generators after that: the decoder's steps, then the super-resolution steps. With η None and no
         `noises` both stages run the reference's ancestral samplers, drawing as `generate` does after its prior.
-        The decoder reads `captions` (one per image), or the empty prompt."""
+        The decoder reads `captions` (one per image), or the empty prompt. `noises` are an inversion's, decoded at
+        the guidance it inverted at (`Settings.for_inversion`)."""
         s = settings or self.defaults
+        s = s.for_inversion() if noises is not None else s
         self._pair(list(embeds), list(seeds))
         captions = self._captions(captions, seeds)
         noise = ImageNoise(seeds)

@@ -2,15 +2,16 @@
 
 from dataclasses import dataclass
 
-from ...settings import Settings, candidates, eta, guidance, noise_candidates, sampler, steps, strength
+from ...settings import (Settings, candidates, eta, guidance, inversion_guidance, noise_candidates, sampler, steps,
+                         strength)
 
 
 @dataclass(frozen=True)
 class UnCLIPSettings(Settings):
     """Steps and guidance of the prior, the decoder and the super-resolution stage (which is never guided); the
-    prior's candidates per image; the noises a fixed-noise interpolation tries; the DDIM η of inverted variations;
-    an edit's strength (image to image) and its RePaint resamplings (masked edits); and the sampler of generations,
-    noise variations and interpolations with fixed noise."""
+    prior's candidates per image; the noises a fixed-noise interpolation tries; the DDIM η of inverted variations
+    and the decoder guidance of inversions; an edit's strength (image to image) and its RePaint resamplings (masked
+    edits); and the sampler of generations, noise variations and interpolations with fixed noise."""
 
     prior_steps: int = steps(25, "prior", "Prior steps.")
     decoder_steps: int = steps(25, "decoder", "Decoder steps.")
@@ -20,6 +21,7 @@ class UnCLIPSettings(Settings):
     prior_candidates: int = candidates(1, "prior")
     noise_candidates: int = noise_candidates(1)
     eta: float | None = eta("invert")
+    inversion_guidance: float | None = inversion_guidance()
     strength: float | None = strength("edit")
     resample: int = candidates(2, "edit", "Masked edits: RePaint's resamplings of each decoder step (1: none).")
     sampler: str | None = sampler(("generate", "vary", "interpolate"))
