@@ -1,20 +1,23 @@
 """How well the paper's manipulations (Ramesh et al. 2022, §3) work on the embedded `shapes` model.
 
     python benchmarks/shapes_manipulations.py [--n 100] [--seed 2039] [--batch 25] [--frames 5]
-        [--thetas 0.25 0.5 0.55 0.75 1.0] [--guidances G ...] [--refine K] [--model shapes] [--sections 1 2 3 4]
+        [--thetas 0.25 0.5 0.55 0.75 1.0] [--guidances G ...] [--refine K] [--inversion-guidance G]
+        [--noise fixed inverted] [--model shapes] [--sections 1 2 3 4]
     python benchmarks/shapes_manipulations.py --tune [--n 40] [--seed 1031]
 
 The report draws `--n` one-object captions (seen pairs) from `--seed`, generates them, inverts them once (DDIM,
-`INVERSION_REFINE` = `--refine` corrections per step, default the library's) and measures, judged by the model-free
+`INVERSION_REFINE` = `--refine` corrections per step, default the library's; at the model's inversion guidance, or
+`--inversion-guidance`) and measures, judged by the model-free
 evaluator (dalle_cli/shapes/evaluate.py) on the largest detected blob:
 1. variations: decoding each inverted latent at η = 0, 0.5, 1 (what `vary(eta=η)` does, minus its re-inversion)
    and today's noise variation (`vary` without η): the rate at which colour, shape, size and position of the input
    are kept, and the PSNR against the input;
 2. text diffs (`text_diff`) to "a {colour} {shape}" changing only the colour (to a seen pair), or only the shape,
    for each θ in `--thetas`, with the baseline "" and with the source's own "a {colour} {shape}" (`--from`), and
-   for each decoder guidance in `--guidances` (decoding the latents inverted at the model's guidance);
+   for each decoder guidance in `--guidances` (decoding the latents inverted at the inversion guidance);
 3. interpolations (`interpolate`, `--frames` frames) from each image to the next one of the draw that differs in
-   colour and shape, with noise fixed (kept from each count of `--noise-candidates`) and inverted: whether the end
+   colour and shape, with noise fixed (kept from each count of `--noise-candidates`) and inverted (`--noise`
+   picks the rows): whether the end
    frames show their input's colour and shape,
    and whether the frames' CLIP image-embedding cosine to the first input never increases along the path, strictly
    and within `MONOTONE_TOLERANCE` (a frame may sit that much above the one before it: neighbouring frames that
@@ -122,7 +125,7 @@ def text_diffs(model, s, captions: list[str], latent: Latent, inputs: list[Attrs
                    for o in specs]
         for baseline in ("", "from"):
             for g in guidances:
-                settings = s.updated({"decoder_guidance": g}, "--guidances")
+                settings = s.updated({"inversion_guidance": g}, "--guidances")
                 results: dict[float, list[tuple[bool, bool, bool]]] = {t: [] for t in thetas}
                 for i, (o, target) in enumerate(zip(specs, targets)):
                     v, to = getattr(target, change), target.text()
@@ -140,9 +143,9 @@ def text_diffs(model, s, captions: list[str], latent: Latent, inputs: list[Attrs
 
 
 def interpolations(model, s, images: list[Image.Image], latent: Latent, inputs: list[Attrs], seed: int,
-                   frames: int, counts: Sequence[int]) -> list[list[object]]:
+                   frames: int, counts: Sequence[int], inverted: bool = True) -> list[list[object]]:
     """Section 3: each image to the next one of the draw whose colour and shape both differ (as detected), with
-    fixed noise kept from each count of noise candidates in `counts`, then with inverted noise."""
+    fixed noise kept from each count of noise candidates in `counts`, then (`inverted`) with inverted noise."""
     pairs = []
     for i, a in enumerate(inputs):
         others = [(i + k) % len(inputs) for k in range(1, len(inputs))]
@@ -151,7 +154,7 @@ def interpolations(model, s, images: list[Image.Image], latent: Latent, inputs: 
         if j is not None:
             pairs.append((i, j))
     rows = []
-    for noise, count in [*(("fixed", k) for k in counts), ("inverted", s.noise_candidates)]:
+    for noise, count in [*(("fixed", k) for k in counts), *([("inverted", s.noise_candidates)] if inverted else [])]:
         ends, monotone, nearly = [], [], []
         settings = s.updated({"noise_candidates": count}, "benchmark")
         for k, (i, j) in enumerate(pairs):
@@ -197,8 +200,12 @@ def main() -> None:
     parser.add_argument("--thetas", type=float, nargs="+", default=[0.25, 0.5, 0.55, 0.75, 1.0],
                         help="text-diff θs")
     parser.add_argument("--guidances", type=float, nargs="+", default=None,
-                        help="decoder guidances to decode text diffs at (default: the model's)")
+                        help="decoder guidances to decode text diffs at (default: the inversion guidance)")
     parser.add_argument("--refine", type=int, default=noise_stages.INVERSION_REFINE, help="INVERSION_REFINE")
+    parser.add_argument("--inversion-guidance", type=float, default=None,
+                        help="the decoder guidance of inversions (default: the model's)")
+    parser.add_argument("--noise", nargs="+", choices=("fixed", "inverted"), default=["fixed", "inverted"],
+                        help="section 3's rows")
     parser.add_argument("--noise-candidates", type=int, nargs="+", default=None,
                         help="section 3's fixed-noise rows: noise candidates (default: 1 and the model's)")
     parser.add_argument("--model", default="shapes")
@@ -209,6 +216,8 @@ def main() -> None:
     seed = args.seed if args.seed is not None else TUNE_SEED if args.tune else REPORT_SEED
     model = load(args.model, device="cpu")
     s = model.defaults
+    if args.inversion_guidance is not None:
+        s = s.updated({"inversion_guidance": args.inversion_guidance}, "--inversion-guidance")
     rng = random.Random(seed)
     captions = [sample_scene(rng, kind="one")[0] for _ in range(n)]
     start = time.perf_counter()
@@ -240,14 +249,15 @@ def main() -> None:
     refine = refine if args.tune else args.refine
     latent = latents[refine]
     thetas = TUNE_THETAS if args.tune else args.thetas
-    guidances = args.guidances or (TUNE_GUIDANCES if args.tune else (s.decoder_guidance,))
+    guidances = args.guidances or (TUNE_GUIDANCES if args.tune else (s.for_inversion().decoder_guidance,))
     if args.tune or 2 in args.sections:  # it draws its targets from `rng`: section 4's captions come after them
         rows, seconds = timed(lambda: text_diffs(model, s, captions, latent, inputs, rng, thetas, guidances))
         table(f"2. text diffs (target: {TARGET_DIFF})",
               ["change", "baseline", "guidance", "θ", "n", "changed", "kept", "position", "meets"], rows, seconds)
     if not args.tune and 3 in args.sections:
-        counts = args.noise_candidates or sorted({1, s.noise_candidates})
-        rows, seconds = timed(lambda: interpolations(model, s, images, latent, inputs, seed, args.frames, counts))
+        counts = (args.noise_candidates or sorted({1, s.noise_candidates})) if "fixed" in args.noise else []
+        rows, seconds = timed(lambda: interpolations(model, s, images, latent, inputs, seed, args.frames, counts,
+                                                     "inverted" in args.noise))
         table("3. interpolations between pictures of another colour and shape",
               ["noise", "candidates", "paths", "frames", "ends", "monotone", f"within {MONOTONE_TOLERANCE:g}",
                "target"], rows, seconds)
