@@ -8,6 +8,7 @@ decoder and super-resolution UNets). Every manipulation is a latent decoded by t
 - a text diff decodes slerp(z_i, z_d, θ) from the picture's own x_T, with z_d = norm(z_t - z_t0) (`diff_target`).
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -126,3 +127,8 @@ def path_frames(inputs: int, frames: int) -> list[tuple[int, float]]:
     thetas = frame_thetas(frames)
     path = [(segment, theta) for segment in range(inputs - 1) for theta in thetas[:-1]]
     return [*path, (inputs - 2, 1.0)]
+
+
+def path_blends(latents: Sequence[Latent], frames: list[tuple[int, float]]) -> list[Latent]:
+    """The latent of each (segment, θ) in `frames` (from `path_frames`): its segment's two inputs blended at θ."""
+    return [latents[segment].blend(latents[segment + 1], theta) for segment, theta in frames]

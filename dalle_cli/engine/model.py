@@ -15,7 +15,7 @@ from ..images import fit, to_pil
 from ..masks import feather, feather_width, fit_mask, has_transparency, paste, read_mask
 from ..settings import DIFF_AMOUNT, Settings
 from ..sources import ModelSource
-from .latent import Latent, best_path, check_amount, diff_target, noise_seeds, path_frames, stack
+from .latent import Latent, best_path, check_amount, diff_target, noise_seeds, path_blends, path_frames, stack
 from .offload import Residency
 
 # How many graphs torch.compile keeps for one network class before it runs the class eagerly: the instances of a class
@@ -204,8 +204,7 @@ class Model:
         latents = self.path_latents(inputs, seed, s, noise=noise, progress=progress)
         if noise == "fixed" and noise_seed is None and s.noise_candidates > 1:  # type: ignore[attr-defined]
             return self.pick_noise(latents, frames, seed, s, progress=progress)[1][which]
-        blends = [latents[segment].blend(latents[segment + 1], theta) for segment, theta in
-                  (path[k] for k in which)]
+        blends = path_blends(latents, [path[k] for k in which])
         if noise == "inverted":
             batch = stack(blends)
             return self.render(batch.embeds, batch.noises, [seed] * len(which), s, progress=progress)
@@ -224,7 +223,7 @@ class Model:
         batches a frame is made in; with one candidate that path is `seed`'s."""
         s = self._settings(settings)
         path = path_frames(len(latents), frames)
-        embeds = torch.cat([latents[segment].blend(latents[segment + 1], theta).embeds for segment, theta in path])
+        embeds = torch.cat([blend.embeds for blend in path_blends(latents, path)])  # [F, D]
         seeds = noise_seeds(seed, s.noise_candidates)  # type: ignore[attr-defined]
         decoded = [torch.cat([self.render(chunk, None, [candidate] * len(chunk), s, eta=None, progress=progress)
                               for chunk in embeds.split(batch or len(path))])
