@@ -39,6 +39,12 @@ class Knob:
     operations: tuple[str, ...] | None = None
     optional: bool = False  # None is a value too: the operation then does what it does without the setting
 
+    def reads(self, operation: str, stages: tuple[str, ...]) -> bool:
+        """Whether `operation`, running `stages`, reads the setting: the operations it names, else the stage's."""
+        if self.operations is not None:
+            return operation in self.operations
+        return self.stage is None or self.stage in stages
+
 
 def steps(default: int, stage: str, help: str) -> Any:
     """A sampler step count of `stage`: an integer from 2 to 1000 (a diffusion sampler needs two steps at least)."""
@@ -54,9 +60,8 @@ def inversion_guidance(help: str = "Decoder guidance scale of inverting a pictur
                                    "inverted (variations at eta, inverted interpolations, text diffs); unset: "
                                    "the decoder's.") -> Any:
     """The decoder's guidance scale in DDIM inversion and in every decoding of an inverted latent, as `guidance`, or
-    None (the default): the decoder's own guidance. Guidance bends the ODE that DDIM inverts, so a picture inverted
-    and decoded unguided comes back closer (Mokady et al. 2023, §3.1, invert at w = 1); a latent must be decoded at
-    the guidance it was inverted at."""
+    None (the default): the decoder's own guidance. Guidance bends the ODE that DDIM inverts (Mokady et al. 2023,
+    null-text inversion), and a latent decodes back to its picture only at the guidance it was inverted at."""
     return dataclasses.field(default=None, metadata={_KNOB: Knob("guidance", help, "invert", optional=True,
                                                                 operations=("vary", "interpolate", "text_diff"))})
 
@@ -118,9 +123,8 @@ def _is_int(value: Any) -> bool:
 def check_value(name: str, knob: Knob, value: Any, where: str, error: type[DalleError] = UsageError) -> Any:
     """`value` as the field `name` holds it (guidance scales become floats). Raises `error`, its message starting
     with `where`, for a value outside the field's kind: steps 2..1000; guidance finite and at least 1 (or None where
-    the knob is `optional`); counts 1..16; η
-    in [0, 1] or None; strength in (0, 1] or None; a sampler one of `SAMPLERS` or None; pixels in range and on the
-    multiple; text a string of at most 2,000 characters."""
+    the knob is `optional`); counts 1..16; η in [0, 1] or None; strength in (0, 1] or None; a sampler one of
+    `SAMPLERS` or None; pixels in range and on the multiple; text a string of at most 2,000 characters."""
     if knob.kind == "steps":
         if not (_is_int(value) and 2 <= value <= MAX_STEPS):
             raise error(f"{where}: {name} must be an integer from 2 to {MAX_STEPS}, got {value!r}")
@@ -181,14 +185,12 @@ class Settings:
 
     def used(self, operation: str, stages: tuple[str, ...], *, inverting: bool = True) -> dict[str, Any]:
         """The values `operation`, running `stages`, reads, by name, in declaration order: what its record holds.
-        A setting that names its operations applies to those (`Family.applies`), else to its stage's. The
-        inversion's settings (stage "invert") are left out when the operation inverts nothing (`inverting`: a
-        variation without η, an interpolation of fixed noise), and so is a setting left at None (no η), so records
-        stay as they were before it existed."""
+        Which settings it reads is `Knob.reads`. The inversion's settings (stage "invert") are left out when the
+        operation inverts nothing (`inverting`: a variation without η, an interpolation of fixed noise), and so is a
+        setting left at None (no η), so records stay as they were before it existed."""
         return {name: getattr(self, name) for name, knob in self.knobs().items()
-                if (operation in knob.operations if knob.operations is not None
-                    else knob.stage is None or knob.stage in stages)
-                and getattr(self, name) is not None and (inverting or knob.stage != "invert")}
+                if knob.reads(operation, stages) and getattr(self, name) is not None
+                and (inverting or knob.stage != "invert")}
 
     def for_inversion(self: S) -> S:
         """These settings as an inversion and the decodings of its latents read them: the decoder guided at

@@ -39,10 +39,7 @@ class Family:
 
     def applies(self, setting: str, operation: str) -> bool:
         """Whether `setting` is read by `operation`."""
-        knob = self.settings.knobs()[setting]
-        if knob.operations is not None:
-            return operation in knob.operations
-        return knob.stage is None or knob.stage in self.operations[operation]
+        return self.settings.knobs()[setting].reads(operation, self.operations[operation])
 
     def events(self, operation: str, settings: Settings) -> int:
         """How many progress events one call of `operation` reports: a stage's step count (times its candidate
